@@ -1,0 +1,129 @@
+"""Shared defaults: every number fixed by the references (see ../shared/REFERENCE.md) as a field.
+
+Dataset configs start from `get_config()` here and override what differs. Ablations of the paper
+are overrides of these fields, never code forks.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Multi-host: call jax.distributed.initialize() before anything touches devices.
+  c.distributed = False
+
+  # ---------------------------------------------------------------- data
+  c.data = ml_collections.ConfigDict()
+  c.data.name = 'synthetic'      # market1501 | dukemtmc_reid | msmt17 | folder | synthetic
+  c.data.root = ''               # the data set's folder as users have it (Market layout etc.)
+  c.data.tfds_dir = ''           # where array_record files are written; '' -> <workdir>/tfds
+  c.data.strict_filenames = False  # a file name that does not parse: error instead of skip+warn
+  c.data.height = 256
+  c.data.width = 128
+  # Training augmentation (BUC): random sized rectangle crop, then resize and flip.
+  c.data.crop_area_min = 0.64
+  c.data.crop_area_max = 1.0
+  c.data.crop_aspect_min = 2.0   # h / w
+  c.data.crop_aspect_max = 3.0
+  c.data.crop_tries = 10
+  c.data.flip = True
+  c.data.mean = (0.485, 0.456, 0.406)
+  c.data.std = (0.229, 0.224, 0.225)
+  c.data.prefetch = 2            # batches decoded ahead of the device
+  c.data.decode_threads = 2
+
+  # Validation set used to keep the best model ('' -> none). Same fields as `data`.
+  c.validation = ml_collections.ConfigDict()
+  c.validation.name = ''
+  c.validation.root = ''
+
+  # ---------------------------------------------------------------- synthetic data set
+  c.synthetic = ml_collections.ConfigDict()
+  c.synthetic.seed = 0
+  c.synthetic.num_cameras = 6
+  c.synthetic.num_train_ids = 300
+  c.synthetic.num_test_ids = 100
+  c.synthetic.images_per_id = 8     # per identity, spread over >= 2 cameras
+  c.synthetic.height = 128
+  c.synthetic.width = 64
+
+  # ---------------------------------------------------------------- re-ID network (BUC)
+  c.model = ml_collections.ConfigDict()
+  c.model.arch = 'resnet50'      # resnet18 | resnet34 | resnet50 | tiny
+  c.model.last_stride = 2
+  c.model.embedding_dim = 2048
+  c.model.dropout = 0.5
+  c.model.init_checkpoint = ''   # msgpack written by jaxreid.tools.convert_torchvision
+  c.model.dtype = 'float32'      # compute dtype: float32 | bfloat16
+
+  # Lookup table + repelled loss.
+  c.memory = ml_collections.ConfigDict()
+  c.memory.temperature = 0.1     # beta: logits = embedding @ V^T / beta
+
+  # ---------------------------------------------------------------- re-ID training schedule
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 16        # global batch, sharded over all devices
+  c.train.momentum = 0.9
+  c.train.nesterov = True
+  c.train.weight_decay = 5e-4
+  c.train.backbone_lr_mult = 0.1
+  c.train.step0_epochs = 20
+  c.train.step0_lr = 0.1
+  c.train.step0_lr_decay_epoch = 15
+  c.train.lr_decay_factor = 0.1
+  c.train.later_epochs = 2
+  c.train.later_lr = 0.01
+  # Support-set sampling: probability of drawing the real image ('' -> uniform over the set).
+  c.train.real_prob = -1.0       # < 0: uniform over {real, L-1 fakes}
+  c.train.log_every = 50
+
+  # ---------------------------------------------------------------- bottom-up merging
+  c.cluster = ml_collections.ConfigDict()
+  c.cluster.enabled = True       # False: ablation "without clustering" (one long step 0)
+  c.cluster.merge_percent = 0.05  # mp: m = int(N * mp) merges per step
+  c.cluster.size_penalty = 0.003  # lambda (diversity); 0 -> ablation "without diversity"
+  c.cluster.constraint = True    # False: count fake-fake pairs too (ablation)
+  c.cluster.use_fakes = True     # False: real-real pairs only (ablation "without style transfer")
+  c.cluster.topk = 32            # candidates kept per image; enlarged automatically if not exact
+  c.cluster.block_size = 512     # rows per streamed block of the distance kernel
+  c.cluster.matmul_dtype = 'float32'  # float32 | bfloat16 (accelerators)
+  c.cluster.max_steps = -1       # < 0: int(1 / merge_percent) - 1
+
+  # ---------------------------------------------------------------- camera-style StarGAN (HHL)
+  c.camstyle = ml_collections.ConfigDict()
+  c.camstyle.enabled = True      # False: ablation "without style transfer" (no fakes at all)
+  c.camstyle.height = 256
+  c.camstyle.width = 128
+  c.camstyle.load_height = 288   # resize, then random crop to (height, width)
+  c.camstyle.load_width = 144
+  c.camstyle.g_conv_dim = 64
+  c.camstyle.g_repeat_num = 6
+  c.camstyle.d_conv_dim = 64
+  c.camstyle.d_repeat_num = 6
+  c.camstyle.lambda_cls = 1.0
+  c.camstyle.lambda_rec = 10.0
+  c.camstyle.lambda_gp = 10.0
+  c.camstyle.n_critic = 5
+  c.camstyle.g_lr = 1e-4
+  c.camstyle.d_lr = 1e-4
+  c.camstyle.beta1 = 0.5
+  c.camstyle.beta2 = 0.999
+  c.camstyle.batch_size = 16
+  c.camstyle.num_epochs = 200
+  c.camstyle.decay_epochs = 100  # lr constant, then linear to 0 over the last `decay_epochs`
+  c.camstyle.sample_every = 1000  # iterations between sample grids
+  c.camstyle.checkpoint_every = 1000
+  c.camstyle.fake_format = 'jpeg'  # jpeg | png
+  c.camstyle.jpeg_quality = 95
+  c.camstyle.write_hhl_folder = False  # also write <name>_fake_<k>.jpg as HHL does
+
+  # ---------------------------------------------------------------- evaluation
+  c.eval = ml_collections.ConfigDict()
+  c.eval.max_rank = 50
+  c.eval.batch_size = 128        # feature extraction batch
+  c.eval.distance_block = 1024   # query rows per block of the distance kernel
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.max_to_keep = 2
+  return c

@@ -1,0 +1,105 @@
+"""Config plumbing: loading sibling config files and checking values users can get wrong."""
+
+from __future__ import annotations
+
+import importlib.util
+import pathlib
+import types
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A config value a user set is not usable; the message is one line naming the key."""
+
+
+def load_sibling(config_file: str, name: str) -> types.ModuleType:
+  """Imports `name`.py from the folder of `config_file` (configs/ is plain files, not a package)."""
+  path = pathlib.Path(config_file).resolve().parent / f'{name}.py'
+  spec = importlib.util.spec_from_file_location(f'jaxreid_configs_{name}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def config_file_from_argv(argv) -> str | None:
+  """The value of --config=FILE in a command line, if any."""
+  for i, a in enumerate(argv):
+    if a.startswith('--config='):
+      return a.split('=', 1)[1]
+    if a == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def describe_override_error(argv, error: Exception) -> str:
+  """One line for a bad --config.a.b=v: names an unknown key if there is one, else the error."""
+  config_file = config_file_from_argv(argv)
+  if config_file is not None:
+    try:
+      spec = importlib.util.spec_from_file_location('jaxreid_user_config', config_file)
+      module = importlib.util.module_from_spec(spec)
+      spec.loader.exec_module(module)
+      config = module.get_config()
+    except Exception:  # pylint: disable=broad-except
+      config = None
+    for a in argv:
+      if not a.startswith('--config.'):
+        continue
+      key = a[len('--config.'):].split('=', 1)[0]
+      node, parts = config, key.split('.')
+      for depth, part in enumerate(parts):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+          parent = '.'.join(['config'] + parts[:depth])
+          known = ', '.join(sorted(node.keys())) if isinstance(
+              node, ml_collections.ConfigDict) else ''
+          return f'unknown config key --config.{key}: {parent} has no field {part!r}' + (
+              f' (known: {known})' if known else '')
+        node = node[part]
+  return str(error).strip().splitlines()[0]
+
+
+def _check(ok: bool, key: str, value, expected: str):
+  if not ok:
+    raise ConfigError(f'config.{key}={value!r}: expected {expected}')
+
+
+_DATASETS = ('synthetic', 'market1501', 'dukemtmc_reid', 'msmt17', 'folder')
+_ARCHS = ('tiny', 'resnet18', 'resnet34', 'resnet50')
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError (one line, naming the key) for values that make no sense."""
+  _check(c.data.name in _DATASETS, 'data.name', c.data.name, f'one of {_DATASETS}')
+  _check(c.data.name in ('synthetic',) or bool(c.data.root), 'data.root', c.data.root,
+         f'the folder of the {c.data.name} data set (download it by hand; see README)')
+  for key in ('data.height', 'data.width', 'train.batch_size', 'camstyle.batch_size',
+              'camstyle.height', 'camstyle.width', 'eval.batch_size', 'cluster.topk',
+              'cluster.block_size', 'synthetic.num_cameras', 'synthetic.num_train_ids',
+              'synthetic.num_test_ids', 'synthetic.images_per_id', 'model.embedding_dim',
+              'camstyle.n_critic'):
+    v = c[key.split('.')[0]][key.split('.')[1]]
+    _check(v > 0, key, v, 'a positive integer')
+  _check(0.0 < c.cluster.merge_percent < 1.0, 'cluster.merge_percent', c.cluster.merge_percent,
+         'a fraction in (0, 1), e.g. 0.05')
+  _check(c.cluster.size_penalty >= 0.0, 'cluster.size_penalty', c.cluster.size_penalty,
+         'a non-negative weight, e.g. 0.003')
+  _check(c.memory.temperature > 0.0, 'memory.temperature', c.memory.temperature,
+         'a positive temperature, e.g. 0.1')
+  _check(0.0 <= c.model.dropout < 1.0, 'model.dropout', c.model.dropout, 'a rate in [0, 1)')
+  _check(c.model.arch in _ARCHS, 'model.arch', c.model.arch, f'one of {_ARCHS}')
+  _check(c.model.dtype in ('float32', 'bfloat16'), 'model.dtype', c.model.dtype,
+         "'float32' or 'bfloat16'")
+  _check(c.cluster.matmul_dtype in ('float32', 'bfloat16'), 'cluster.matmul_dtype',
+         c.cluster.matmul_dtype, "'float32' or 'bfloat16'")
+  _check(c.train.real_prob <= 1.0, 'train.real_prob', c.train.real_prob,
+         'a probability in [0, 1], or < 0 for uniform over the support set')
+  for key in ('train.step0_lr', 'train.later_lr', 'camstyle.g_lr', 'camstyle.d_lr'):
+    v = c[key.split('.')[0]][key.split('.')[1]]
+    _check(v > 0.0, key, v, 'a positive learning rate')
+  _check(c.synthetic.num_cameras >= 2, 'synthetic.num_cameras', c.synthetic.num_cameras,
+         'at least 2 cameras (each identity must be seen by two)')
+  _check(c.data.crop_area_min <= c.data.crop_area_max, 'data.crop_area_min',
+         c.data.crop_area_min, f'at most data.crop_area_max={c.data.crop_area_max}')
+  _check(c.train.step0_epochs >= 0 and c.train.later_epochs >= 0, 'train.step0_epochs',
+         (c.train.step0_epochs, c.train.later_epochs), 'non-negative epoch counts')

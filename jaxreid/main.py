@@ -1,0 +1,50 @@
+"""The main job: `jaxreid --config=configs/X.py --workdir=DIR [--config.a.b=v ...]`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from jaxreid import configlib
+
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Config file (configs/*.py); override fields with --config.a.b=v.',
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Work dir: data, checkpoints, fakes, results.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  configlib.validate(config)
+  from jaxreid import framework
+  framework.run(config, _WORKDIR.value)
+
+
+def run():
+  """Console-script entry: one clear line (no traceback) for errors a user caused."""
+  flags.mark_flags_as_required(['config', 'workdir'])
+  try:
+    app.run(main, flags_parser=_parse_flags)
+  except configlib.ConfigError as e:
+    sys.exit(f'jaxreid: {e}')
+
+
+def _parse_flags(argv):
+  config_file = configlib.config_file_from_argv(argv)
+  if config_file is not None and not os.path.isfile(config_file):
+    sys.exit(f'jaxreid: --config={config_file}: no such config file (expected e.g. '
+             'configs/synthetic.py)')
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+    # absl and ml_collections print tracebacks and usage text; users need the line naming the key.
+    sys.exit(f'jaxreid: {configlib.describe_override_error(argv, e)}')
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,73 @@
+"""The device mesh (one 'data' axis), its shardings, and multi-host start-up.
+
+Every jitted step runs over one Mesh: batches sharded on 'data', state replicated. The math is
+that of the global batch, so results do not depend on the number of devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = 'data'
+
+
+def initialize(distributed: bool) -> None:
+  """Starts jax.distributed when asked (multi-host TPU pods / GPU clusters); a no-op otherwise."""
+  if distributed and jax.process_count() == 1:
+    jax.distributed.initialize()
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh over `devices` (default: all devices of all processes) with axis 'data'."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def data_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading axis split over 'data'."""
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  """A full copy on every device."""
+  return NamedSharding(mesh, P())
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, what: str = 'batch size') -> None:
+  """Refuses a global batch the mesh cannot split evenly (one clear line)."""
+  n = mesh.devices.size
+  if global_batch % n:
+    raise ValueError(f'{what} {global_batch} is not divisible by the {n} devices of the mesh; '
+                     f'use a multiple of {n}')
+
+
+def host_slice(global_batch: int, mesh: Mesh) -> slice:
+  """The rows of a global batch this process reads (each host reads only its own shard)."""
+  check_batch_size(global_batch, mesh)
+  per_process = global_batch // jax.process_count()
+  start = jax.process_index() * per_process
+  return slice(start, start + per_process)
+
+
+def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
+  """Turns this process's rows of a batch (a pytree of numpy arrays) into global jax Arrays."""
+  sharding = data_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch)
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Places a pytree on every device of the mesh."""
+  return jax.device_put(tree, replicated(mesh))
+
+
+def to_host(tree: Any) -> Any:
+  """Fetches a (possibly multi-host) pytree of global Arrays as numpy on every process."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    return multihost_utils.process_allgather(tree, tiled=True)
+  return jax.tree.map(np.asarray, tree)
