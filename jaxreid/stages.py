@@ -1,0 +1,73 @@
+"""Which stages of a run are finished, and whether a work dir belongs to this config."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import ml_collections
+
+from jaxreid import records
+
+
+class RunError(RuntimeError):
+  """A work dir cannot be used as asked; the message is one line saying why and what to do."""
+
+
+class StageTracker:
+  """Completion marks in DIR/stages.json: a finished stage is skipped when the run resumes."""
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self._path = pathlib.Path(workdir) / 'stages.json'
+
+  def _load(self) -> dict:
+    return records.read_json(self._path, default={})
+
+  def done(self, name: str) -> bool:
+    return name in self._load()
+
+  def summary(self, name: str) -> dict | None:
+    return self._load().get(name)
+
+  def mark(self, name: str, summary: dict | None = None) -> None:
+    marks = self._load()
+    marks[name] = summary or {}
+    records.write_json_atomic(self._path, marks)
+
+
+def _flatten(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f'{prefix}{k}'
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + '.'))
+    else:
+      out[key] = v
+  return out
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Keys whose values differ between a saved config (JSON) and `config`."""
+  now = _flatten(json.loads(config.to_json_best_effort()))
+  before = _flatten(saved)
+  return sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+
+
+def check_or_save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+                         allow_change: bool = False) -> None:
+  """Saves the config with a new work dir; refuses to resume one made with another config."""
+  path = pathlib.Path(workdir) / 'config.json'
+  saved = records.read_json(path)
+  if saved is not None:
+    diff = config_differences(saved, config)
+    if diff and not allow_change:
+      shown = ', '.join(f'{k} ({_flatten(saved).get(k)!r} -> '
+                        f'{_flatten(json.loads(config.to_json_best_effort())).get(k)!r})'
+                        for k in diff[:8])
+      more = f' and {len(diff) - 8} more' if len(diff) > 8 else ''
+      raise RunError(f'work dir {workdir} was made with another config; differing keys: '
+                     f'{shown}{more}. Use a new --workdir, or pass --allow_config_change to resume '
+                     'anyway.')
+    if not diff:
+      return
+  records.write_json_atomic(path, json.loads(config.to_json_best_effort()))
