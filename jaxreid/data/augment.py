@@ -1,0 +1,112 @@
+"""Training augmentation (host, numpy + PIL) and ImageNet normalisation (device, jnp).
+
+Batches travel to the device as uint8 (4x less host->device traffic than float32); the crop,
+resize and flip run on the host in the input pipeline's threads, and `normalize` runs at the start
+of each jitted step. Every random choice comes from the `np.random.Generator` passed in, which the
+pipeline derives from (seed, epoch, item), so results do not depend on threads or devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable
+
+import jax.numpy as jnp
+import numpy as np
+from PIL import Image
+
+from jaxreid.data import images as images_lib
+
+# An augmentation: (uint8 HxWx3 image, generator) -> uint8 image of the training size.
+Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear resize of a uint8 image (any channel layout as_rgb_array takes) to RGB HxW."""
+  image = images_lib.as_rgb_array(image)
+  if image.shape[:2] == (height, width):
+    return image
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def random_resized_rect_crop(image: np.ndarray, rng: np.random.Generator, height: int,
+                             width: int, *, area: tuple[float, float] = (0.64, 1.0),
+                             aspect: tuple[float, float] = (2.0, 3.0),
+                             tries: int = 10) -> np.ndarray:
+  """BUC's random sized rectangle crop: a box of area fraction U(area) and h/w ratio U(aspect)
+  at a random place, resized to height x width; after `tries` boxes that do not fit, a plain resize.
+  """
+  image = images_lib.as_rgb_array(image)
+  ih, iw = image.shape[:2]
+  for _ in range(tries):
+    target = rng.uniform(*area) * ih * iw
+    ratio = rng.uniform(*aspect)
+    h = int(round(math.sqrt(target * ratio)))
+    w = int(round(math.sqrt(target / ratio)))
+    if 1 <= h <= ih and 1 <= w <= iw:
+      y0 = int(rng.integers(0, ih - h + 1))
+      x0 = int(rng.integers(0, iw - w + 1))
+      return resize(image[y0:y0 + h, x0:x0 + w], height, width)
+  return resize(image, height, width)
+
+
+def random_flip(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
+  """Mirrors the image left-right with probability p."""
+  return image[:, ::-1] if rng.random() < p else image
+
+
+def random_crop(image: np.ndarray, rng: np.random.Generator, height: int,
+                width: int) -> np.ndarray:
+  """A height x width window at a random place (the image must be at least that large)."""
+  ih, iw = image.shape[:2]
+  if ih < height or iw < width:
+    raise ValueError(f'random crop of {height}x{width} from a {ih}x{iw} image: expected the image '
+                     'to be at least as large (load size >= crop size)')
+  y0 = int(rng.integers(0, ih - height + 1))
+  x0 = int(rng.integers(0, iw - width + 1))
+  return image[y0:y0 + height, x0:x0 + width]
+
+
+def reid_train_augment(image: np.ndarray, rng: np.random.Generator, *, height: int, width: int,
+                       area: tuple[float, float] = (0.64, 1.0),
+                       aspect: tuple[float, float] = (2.0, 3.0), tries: int = 10,
+                       flip: bool = True) -> np.ndarray:
+  """The re-ID training augmentation (BUC): random sized rectangle crop -> HxW -> random flip."""
+  out = random_resized_rect_crop(image, rng, height, width, area=area, aspect=aspect, tries=tries)
+  return np.ascontiguousarray(random_flip(out, rng) if flip else out)
+
+
+def reid_augmenter(data_config, height: int | None = None, width: int | None = None) -> Augment:
+  """The re-ID training augmentation with the crop/flip settings of `config.data`."""
+  return functools.partial(
+      reid_train_augment, height=height or data_config.height, width=width or data_config.width,
+      area=(data_config.crop_area_min, data_config.crop_area_max),
+      aspect=(data_config.crop_aspect_min, data_config.crop_aspect_max),
+      tries=data_config.crop_tries, flip=data_config.flip)
+
+
+def resize_crop_flip(image: np.ndarray, rng: np.random.Generator, *, load_height: int,
+                     load_width: int, height: int, width: int, flip: bool = True) -> np.ndarray:
+  """HHL's StarGAN augmentation: resize to the load size, random HxW crop, random flip."""
+  out = random_crop(resize(image, load_height, load_width), rng, height, width)
+  return np.ascontiguousarray(random_flip(out, rng) if flip else out)
+
+
+def camstyle_augmenter(camstyle_config) -> Augment:
+  """The StarGAN training augmentation with the sizes of `config.camstyle`."""
+  return functools.partial(
+      resize_crop_flip, load_height=camstyle_config.load_height,
+      load_width=camstyle_config.load_width, height=camstyle_config.height,
+      width=camstyle_config.width)
+
+
+def normalize(images, mean, std, dtype=jnp.float32) -> jnp.ndarray:
+  """Per-channel (x - mean) / std for device code: uint8 input is scaled to [0, 1] first (float
+  input must already be in [0, 1]). Call it at the start of a jitted step; with mean = std = 0.5
+  it maps to the [-1, 1] range the StarGAN uses."""
+  x = jnp.asarray(images)
+  x = x.astype(jnp.float32) / 255.0 if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+  mean = jnp.asarray(mean, jnp.float32)
+  std = jnp.asarray(std, jnp.float32)
+  return ((x - mean) / std).astype(dtype)
