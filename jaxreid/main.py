@@ -14,6 +14,8 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py); override fields with --config.a.b=v.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Work dir: data, checkpoints, fakes, results.')
+_ALLOW_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume a work dir even though its config differs.')
 
 
 def main(argv):
@@ -21,8 +23,11 @@ def main(argv):
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
   configlib.validate(config)
-  from jaxreid import framework
-  framework.run(config, _WORKDIR.value)
+  from jaxreid import job  # imported late: flag parsing stays fast
+  try:
+    job.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
+  except job.RunError as e:
+    sys.exit(f'jaxreid: {e}')
 
 
 def run():

@@ -1,0 +1,128 @@
+"""The main job: StarGAN -> fakes -> re-ID steps (Algorithm 1, in framework.py) -> final results.
+
+Each stage marks completion in the work dir; a second run skips finished stages and resumes the
+unfinished one from its last checkpoint. The re-ID stage alternates (train -> evaluate -> merge ->
+zero table -> fresh optimiser) and keeps the model that validates best.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+from jaxreid import parallel, records, stages
+from jaxreid.stages import RunError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunPaths:
+  """Where a run keeps its things, all under one work dir."""
+  root: pathlib.Path
+
+  @property
+  def tfds(self) -> pathlib.Path:
+    return self.root / 'tfds'
+
+  @property
+  def camstyle(self) -> pathlib.Path:
+    return self.root / 'camstyle'
+
+  @property
+  def fakes(self) -> pathlib.Path:
+    return self.root / 'fakes'
+
+  @property
+  def reid(self) -> pathlib.Path:
+    return self.root / 'reid'
+
+  @property
+  def results(self) -> pathlib.Path:
+    return self.root / 'results.json'
+
+  @property
+  def figures(self) -> pathlib.Path:
+    return self.root / 'figures'
+
+
+@dataclasses.dataclass
+class DataSets:
+  """The splits a run reads. `train.pids` exist for reporting only."""
+  train: Any
+  query: Any
+  gallery: Any
+  val_query: Any = None
+  val_gallery: Any = None
+
+
+def load_data(config, paths: RunPaths) -> DataSets:
+  """Builds (once) and opens the train / test splits and the validation set, if any."""
+  from jaxreid import data
+  tfds_dir = pathlib.Path(config.data.tfds_dir) if config.data.tfds_dir else paths.tfds
+  sets = DataSets(*(data.load_split(config.data, s, tfds_dir, synthetic=config.synthetic)
+                    for s in ('train', 'query', 'gallery')))
+  if config.validation.name:
+    if not config.validation.name.startswith('synthetic') and not config.validation.root:
+      logging.warning('config.validation.name=%r but config.validation.root is empty: running '
+                      'without a validation set (the last step is kept).', config.validation.name)
+    else:
+      sets.val_query = data.load_split(config.validation, 'query', tfds_dir,
+                                       synthetic=config.synthetic)
+      sets.val_gallery = data.load_split(config.validation, 'gallery', tfds_dir,
+                                         synthetic=config.synthetic)
+  data.check_cameras(sets.train.num_cameras, config.camstyle.enabled, what=config.data.name)
+  return sets
+
+
+def run(config, workdir: str, allow_config_change: bool = False) -> dict:
+  """Runs (or resumes) every stage of the method in `workdir`; returns the final results."""
+  parallel.initialize(config.distributed)
+  paths = RunPaths(pathlib.Path(workdir))
+  paths.root.mkdir(parents=True, exist_ok=True)
+  stages.check_or_save_config(paths.root, config, allow_change=allow_config_change)
+  tracker = stages.StageTracker(paths.root)
+  if tracker.done('final'):
+    results = records.read_json(paths.results)
+    _log_results(results, 'finished run')
+    return results
+
+  mesh = parallel.make_mesh()
+  sets = load_data(config, paths)
+  store = None
+  if config.camstyle.enabled:
+    from jaxreid.camstyle import generate as camstyle_generate
+    from jaxreid.camstyle import train as camstyle_train
+    if not tracker.done('camstyle_train'):
+      t0 = time.time()
+      summary = camstyle_train.train(config, sets.train, paths.camstyle, mesh)
+      tracker.mark('camstyle_train', {**(summary or {}), 'seconds': time.time() - t0})
+    if not tracker.done('camstyle_generate'):
+      t0 = time.time()
+      summary = camstyle_generate.generate(config, sets.train, paths.camstyle, paths.fakes, mesh)
+      tracker.mark('camstyle_generate', {**(summary or {}), 'seconds': time.time() - t0})
+    from jaxreid.camstyle.store import FakeStore
+    store = FakeStore.open(paths.fakes)
+
+  if not tracker.done('reid'):
+    from jaxreid import framework
+    t0 = time.time()
+    summary = framework.train_reid(config, sets, store, mesh, paths)
+    tracker.mark('reid', {**summary, 'seconds': time.time() - t0})
+
+  results = records.read_json(paths.reid / 'results.json')
+  records.write_json_atomic(paths.results, results)
+  tracker.mark('final')
+  _log_results(results, 'results')
+  return results
+
+
+def _log_results(results: dict, what: str) -> None:
+  keys = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
+  line = ' '.join(f'{k} {100 * results[k]:.1f}' for k in keys if k in results)
+  logging.info('%s: %s', what, line)
+  print(f'{what}: {line}', flush=True)
