@@ -18,6 +18,7 @@ import concurrent.futures
 import contextlib
 import inspect
 import logging
+import os
 import pathlib
 import re
 import warnings
@@ -277,7 +278,7 @@ def prepare(data_config, tfds_dir, *, synthetic_config=None) -> _ReidBuilder:
   tfds_dir = pathlib.Path(tfds_dir).expanduser()
   name = data_config.name
   strict = bool(data_config.get('strict_filenames', False))
-  threads = int(data_config.get('decode_threads', 2)) * 2
+  threads = min(8, os.cpu_count() or 1)  # validation decodes release the GIL
   if name in SYNTHETIC:
     root = _synthetic_root(name, tfds_dir, synthetic_config)
     builder = make_builder('folder', root, tfds_dir, strict=True, threads=threads)
