@@ -37,6 +37,7 @@ def test_round_trip_labels_index_and_pixels(tmp_path):
     for i, r in enumerate(recs[split]):
       # PNG sources are stored losslessly: the pixels come back exactly.
       np.testing.assert_array_equal(ds.image(i), np.asarray(Image.open(r.path).convert('RGB')))
+      np.testing.assert_array_equal(np.asarray(ds.pil_image(i)), ds.image(i))
   assert splits['train'].num_cameras == 3 and splits['train'].name == 'folder'
   # Position == the stored `index` field (tfds keeps generation order: disable_shuffling).
   builder = data.prepare(folder_config(root), tmp_path / 'tfds')
@@ -223,7 +224,7 @@ def test_cuhk03_build(cuhk03_root, tmp_path_factory):
   assert len(np.unique(train.pids)) == 743 and train.num_cameras == 2
   assert set(np.unique(splits['gallery'].camids)) == {0, 1}
   i = train.file_names.index('0001_c2s1_000005_00.jpg')
-  np.testing.assert_array_equal(
-      train.image(i), np.asarray(Image.open(cuhk03_root / 'bounding_box_train' / train.file_names[i])))
+  source = cuhk03_root / 'bounding_box_train' / train.file_names[i]
+  np.testing.assert_array_equal(train.image(i), np.asarray(Image.open(source)))
   assert train.image(i).shape == (128, 64, 3)
   data.check_cameras(train.camids, camstyle_enabled=True)

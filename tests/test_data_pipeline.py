@@ -31,11 +31,11 @@ def collect(batches) -> list[dict]:
   return [jax.tree.map(np.asarray, b) for b in batches]
 
 
-def train(mesh, data_config, **kwargs):
+def train(mesh, data_config, get_image=item_image, **kwargs):
   args = dict(batch_size=8, height=16, width=8, seed=5, epoch=1, mesh=mesh,
               data_config=data_config, camids=np.arange(N) % 3)
   args.update(kwargs)
-  return collect(pipeline.train_batches(item_image, np.arange(N), np.arange(N) * 10, **args))
+  return collect(pipeline.train_batches(get_image, np.arange(N), np.arange(N) * 10, **args))
 
 
 def coordinate_image(height=120, width=60) -> np.ndarray:
@@ -117,8 +117,10 @@ def test_train_batches_do_not_depend_on_devices_or_threads(data_config):
   mesh8 = parallel.make_mesh()
   mesh1 = parallel.make_mesh(jax.devices()[:1])
   reference = train(mesh8, data_config, threads=2)
+  as_pil = lambda item: Image.fromarray(item_image(item))  # noqa: E731
   for other in (train(mesh1, data_config, threads=0),
-                train(mesh8, data_config, threads=3, prefetch=0)):
+                train(mesh8, data_config, threads=3, prefetch=0),
+                train(mesh8, data_config, get_image=as_pil)):
     assert len(other) == len(reference)
     for a, b in zip(reference, other):
       for key in ('image', 'label', 'index', 'camid'):

@@ -22,23 +22,32 @@ from jaxreid.data import images as images_lib
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear resize of a uint8 image (any channel layout as_rgb_array takes) to RGB HxW."""
-  image = images_lib.as_rgb_array(image)
-  if image.shape[:2] == (height, width):
-    return image
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+def _to_pil(image) -> Image.Image:
+  if isinstance(image, Image.Image):
+    return images_lib.to_rgb(image)
+  return Image.fromarray(images_lib.as_rgb_array(image))
 
 
-def random_resized_rect_crop(image: np.ndarray, rng: np.random.Generator, height: int,
-                             width: int, *, area: tuple[float, float] = (0.64, 1.0),
+def resize(image, height: int, width: int,
+           box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+  """Bilinear resize of a uint8 image (array in any layout as_rgb_array takes, or PIL image) to
+  RGB height x width; `box` = (x0, y0, x1, y1) resizes only that region."""
+  if not isinstance(image, Image.Image):
+    image = images_lib.as_rgb_array(image)
+    if box is None and image.shape[:2] == (height, width):
+      return image
+  return np.asarray(_to_pil(image).resize((width, height), Image.BILINEAR, box=box))
+
+
+def random_resized_rect_crop(image, rng: np.random.Generator, height: int, width: int, *,
+                             area: tuple[float, float] = (0.64, 1.0),
                              aspect: tuple[float, float] = (2.0, 3.0),
                              tries: int = 10) -> np.ndarray:
   """BUC's random sized rectangle crop: a box of area fraction U(area) and h/w ratio U(aspect)
   at a random place, resized to height x width; after `tries` boxes that do not fit, a plain resize.
   """
-  image = images_lib.as_rgb_array(image)
-  ih, iw = image.shape[:2]
+  image = _to_pil(image)
+  iw, ih = image.size
   for _ in range(tries):
     target = rng.uniform(*area) * ih * iw
     ratio = rng.uniform(*aspect)
@@ -47,12 +56,12 @@ def random_resized_rect_crop(image: np.ndarray, rng: np.random.Generator, height
     if 1 <= h <= ih and 1 <= w <= iw:
       y0 = int(rng.integers(0, ih - h + 1))
       x0 = int(rng.integers(0, iw - w + 1))
-      return resize(image[y0:y0 + h, x0:x0 + w], height, width)
+      return resize(image, height, width, box=(x0, y0, x0 + w, y0 + h))
   return resize(image, height, width)
 
 
 def random_flip(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> np.ndarray:
-  """Mirrors the image left-right with probability p."""
+  """Mirrors the image left-right with probability p (a view: the batch stacking copies it)."""
   return image[:, ::-1] if rng.random() < p else image
 
 
@@ -74,7 +83,7 @@ def reid_train_augment(image: np.ndarray, rng: np.random.Generator, *, height: i
                        flip: bool = True) -> np.ndarray:
   """The re-ID training augmentation (BUC): random sized rectangle crop -> HxW -> random flip."""
   out = random_resized_rect_crop(image, rng, height, width, area=area, aspect=aspect, tries=tries)
-  return np.ascontiguousarray(random_flip(out, rng) if flip else out)
+  return random_flip(out, rng) if flip else out
 
 
 def reid_augmenter(data_config, height: int | None = None, width: int | None = None) -> Augment:
@@ -90,7 +99,7 @@ def resize_crop_flip(image: np.ndarray, rng: np.random.Generator, *, load_height
                      load_width: int, height: int, width: int, flip: bool = True) -> np.ndarray:
   """HHL's StarGAN augmentation: resize to the load size, random HxW crop, random flip."""
   out = random_crop(resize(image, load_height, load_width), rng, height, width)
-  return np.ascontiguousarray(random_flip(out, rng) if flip else out)
+  return random_flip(out, rng) if flip else out
 
 
 def camstyle_augmenter(camstyle_config) -> Augment:

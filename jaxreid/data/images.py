@@ -105,6 +105,13 @@ def decode_rgb(data: bytes) -> np.ndarray:
     return np.asarray(to_rgb(image))
 
 
+def decode_pil(data: bytes) -> Image.Image:
+  """Stored image bytes -> decoded RGB PIL image (saves a copy when PIL does the augmentation)."""
+  image = Image.open(io.BytesIO(data))
+  image.load()
+  return to_rgb(image)
+
+
 def load_rgb(path: str | pathlib.Path) -> np.ndarray:
   """An image file -> uint8 HxWx3 RGB array (one-line CorruptImageError when it is unreadable)."""
   return decode_rgb(encode_for_store(path))

@@ -92,8 +92,8 @@ def _find_layout_root(root, names, layout: str, hint: str) -> pathlib.Path:
   if len(candidates) == 1:
     return candidates[0]
   if len(candidates) > 1:
-    raise DataError(f'{root}: several {layout} folders inside ({_quote([c.name for c in candidates])}); '
-                    'pass one of them')
+    names = _quote([c.name for c in candidates])
+    raise DataError(f'{root}: several {layout} folders inside ({names}); pass one of them')
   found = sorted(c.name for c in root.iterdir())
   raise DataError(f'{root}: not a {layout} layout (expected {hint}); found: '
                   f'{_quote(found) if found else "nothing"}')

@@ -125,7 +125,7 @@ def train_batches(get_image: Callable[[Any], np.ndarray], items, labels, *, batc
   """One epoch of shuffled, augmented global batches, sharded over the mesh's 'data' axis.
 
   items: N entries (ints, or rows of a 2-D int array passed to get_image as tuples);
-  get_image(item) -> uint8 HxWx3 (any size). labels / camids: N ints (camids default -1).
+  get_image(item) -> uint8 HxWx3 array of any size, or an RGB PIL image (ReidSplit.pil_image). labels / camids: N ints (camids default -1).
   augment(image, rng) defaults to the re-ID augmentation of `data_config` at height x width.
   Yields {'image': uint8 [B,H,W,3], 'label', 'index' (the row of items), 'camid': int32 [B]}.
   drop_remainder=False adds a last batch padded to a multiple of the device count with rows whose
@@ -139,7 +139,7 @@ def train_batches(get_image: Callable[[Any], np.ndarray], items, labels, *, batc
                      f'({n},)')
   if augment is None:
     if data_config is None:
-      raise ValueError('train_batches needs data_config (crop/flip settings) or an augment function')
+      raise ValueError('train_batches needs data_config (crop/flip settings) or augment=')
     augment = augment_lib.reid_augmenter(data_config, height, width)
   parallel.check_batch_size(batch_size, mesh)
   order = epoch_permutation(n, seed, epoch)
