@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.root = ''               # the data set's folder as users have it (Market layout etc.)
   c.data.tfds_dir = ''           # where array_record files are written; '' -> <workdir>/tfds
   c.data.strict_filenames = False  # a file name that does not parse: error instead of skip+warn
+  c.data.msmt17_with_val = True  # MSMT17 train = list_train + list_val (the 32,621 papers count)
   c.data.height = 256
   c.data.width = 128
   # Training augmentation (BUC): random sized rectangle crop, then resize and flip.
