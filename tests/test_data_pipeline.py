@@ -267,13 +267,15 @@ def test_gray_images_and_bad_arguments(data_config):
   image = np.asarray(b['image'])
   assert image.shape == (8, 16, 8, 3)
   np.testing.assert_array_equal(image[..., 0], image[..., 2])
+  # Argument errors surface at the call, before any batch is asked for.
   with pytest.raises(ValueError, match=r'expected one per item \(37,\)'):
-    next(pipeline.train_batches(item_image, np.arange(N), np.zeros(N - 1), batch_size=8,
-                                height=16, width=8, seed=0, epoch=0, mesh=mesh,
-                                data_config=data_config))
+    pipeline.train_batches(item_image, np.arange(N), np.zeros(N - 1), batch_size=8, height=16,
+                           width=8, seed=0, epoch=0, mesh=mesh, data_config=data_config)
   with pytest.raises(ValueError, match='not divisible by the 8 devices'):
-    next(pipeline.train_batches(item_image, np.arange(N), np.zeros(N), batch_size=12, height=16,
-                                width=8, seed=0, epoch=0, mesh=mesh, data_config=data_config))
+    pipeline.train_batches(item_image, np.arange(N), np.zeros(N), batch_size=12, height=16,
+                           width=8, seed=0, epoch=0, mesh=mesh, data_config=data_config)
+  with pytest.raises(ValueError, match='not divisible by the 8 devices'):
+    pipeline.eval_batches(item_image, range(N), batch_size=12, height=16, width=8, mesh=mesh)
   with pytest.raises(ValueError, match=r'augmentation returned uint8 \(8, 8, 3\)'):
     next(pipeline.train_batches(item_image, np.arange(N), np.zeros(N), batch_size=8, height=16,
                                 width=8, seed=0, epoch=0, mesh=mesh,

@@ -125,7 +125,8 @@ def train_batches(get_image: Callable[[Any], np.ndarray], items, labels, *, batc
   """One epoch of shuffled, augmented global batches, sharded over the mesh's 'data' axis.
 
   items: N entries (ints, or rows of a 2-D int array passed to get_image as tuples);
-  get_image(item) -> uint8 HxWx3 array of any size, or an RGB PIL image (ReidSplit.pil_image). labels / camids: N ints (camids default -1).
+  get_image(item) -> uint8 HxWx3 array of any size, or an RGB PIL image (ReidSplit.pil_image);
+  labels / camids: N ints (camids default -1).
   augment(image, rng) defaults to the re-ID augmentation of `data_config` at height x width.
   Yields {'image': uint8 [B,H,W,3], 'label', 'index' (the row of items), 'camid': int32 [B]}.
   drop_remainder=False adds a last batch padded to a multiple of the device count with rows whose
@@ -152,15 +153,19 @@ def train_batches(get_image: Callable[[Any], np.ndarray], items, labels, *, batc
     image = augment(get_image(_item(items, row)), _rng(seed, _AUGMENT, epoch, row))
     return _check_image(image, height, width, 'the augmentation')
 
-  for rows, images in zip(host_rows, _prefetched(make_row, host_rows, prefetch, threads)):
+  def assemble(rows: np.ndarray, images: list[np.ndarray]) -> dict[str, jax.Array]:
     real = rows >= 0
     safe = np.where(real, rows, 0)
-    yield parallel.shard_batch({
+    return parallel.shard_batch({
         'image': np.stack(images),
         'label': np.where(real, labels[safe], -1).astype(np.int32),
         'index': rows.astype(np.int32),
         'camid': np.where(real, camids[safe], -1).astype(np.int32),
     }, mesh)
+
+  # A plain generator expression: the checks above run at the call, not at the first next().
+  return (assemble(rows, images) for rows, images in
+          zip(host_rows, _prefetched(make_row, host_rows, prefetch, threads)))
 
 
 def eval_batches(get_image: Callable[[Any], np.ndarray], indices, *, batch_size: int, height: int,
@@ -183,5 +188,5 @@ def eval_batches(get_image: Callable[[Any], np.ndarray], indices, *, batch_size:
     return _check_image(augment_lib.resize(get_image(indices[row]), height, width), height, width,
                         'the resize')
 
-  for rows, images in zip(batches, _prefetched(make_row, host_rows, prefetch, threads)):
-    yield parallel.shard_batch(np.stack(images), mesh), int((rows >= 0).sum())
+  return ((parallel.shard_batch(np.stack(images), mesh), int((rows >= 0).sum()))
+          for rows, images in zip(batches, _prefetched(make_row, host_rows, prefetch, threads)))
