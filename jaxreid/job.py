@@ -64,18 +64,16 @@ def load_data(config, paths: RunPaths) -> DataSets:
   """Builds (once) and opens the train / test splits and the validation set, if any."""
   from jaxreid import data
   tfds_dir = pathlib.Path(config.data.tfds_dir) if config.data.tfds_dir else paths.tfds
-  sets = DataSets(*(data.load_split(config.data, s, tfds_dir, synthetic=config.synthetic)
-                    for s in ('train', 'query', 'gallery')))
+  splits = data.load_splits(config.data, tfds_dir, synthetic_config=config.synthetic)
+  sets = DataSets(splits['train'], splits['query'], splits['gallery'])
   if config.validation.name:
     if not config.validation.name.startswith('synthetic') and not config.validation.root:
       logging.warning('config.validation.name=%r but config.validation.root is empty: running '
                       'without a validation set (the last step is kept).', config.validation.name)
     else:
-      sets.val_query = data.load_split(config.validation, 'query', tfds_dir,
-                                       synthetic=config.synthetic)
-      sets.val_gallery = data.load_split(config.validation, 'gallery', tfds_dir,
-                                         synthetic=config.synthetic)
-  data.check_cameras(sets.train.num_cameras, config.camstyle.enabled, what=config.data.name)
+      val = data.load_splits(config.validation, tfds_dir, synthetic_config=config.synthetic)
+      sets.val_query, sets.val_gallery = val['query'], val['gallery']
+  data.check_cameras(sets.train.camids, config.camstyle.enabled)
   return sets
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 
@@ -18,15 +19,27 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume a work dir even though its config differs.')
 
 
+class _OwnInfoOnly(std_logging.Filter):
+  """Keeps library INFO chatter (orbax logs every file it writes) out of the run's log."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or 'site-packages' not in record.pathname
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_OwnInfoOnly())
   config = _CONFIG.value
   configlib.validate(config)
-  from jaxreid import job  # imported late: flag parsing stays fast
+  # Imported late so that flag errors come back at once.
+  from jaxreid import job
+  from jaxreid.camstyle.store import StoreError
+  from jaxreid.data import DataError
+  from jaxreid.reid.export import ModelError
   try:
     job.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
-  except job.RunError as e:
+  except (job.RunError, DataError, ModelError, StoreError, configlib.ConfigError) as e:
     sys.exit(f'jaxreid: {e}')
 
 
