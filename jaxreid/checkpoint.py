@@ -8,10 +8,24 @@ and renames it when complete, so a run killed mid-save resumes from the previous
 from __future__ import annotations
 
 import os
+import signal
 from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+
+# Fault injection for the crash-resume tests: SIGKILL this process right after the N-th durable
+# write (checkpoint or fakes chunk). Unset in normal use.
+KILL_ENV = 'JAXREID_KILL_AFTER_WRITES'
+_writes = 0
+
+
+def durable_write_done() -> None:
+  """Marks one durable write; the crash-resume tests use it to die at a chosen point."""
+  global _writes
+  _writes += 1
+  if os.environ.get(KILL_ENV) and _writes >= int(os.environ[KILL_ENV]):
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class Checkpointer:
@@ -30,6 +44,7 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     # Block so that "checkpoint written" means on disk when the next epoch starts.
     self._mngr.wait_until_finished()
+    durable_write_done()
 
   def restore_meta(self, index: int | None = None) -> dict | None:
     index = self.latest_index() if index is None else index

@@ -26,10 +26,20 @@ class _OwnInfoOnly(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or 'site-packages' not in record.pathname
 
 
+def _enable_compilation_cache() -> None:
+  """Persistent XLA cache: a resumed or repeated run skips recompiling (minutes on CPU)."""
+  import jax
+  path = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+      os.path.expanduser('~'), '.cache', 'jaxreid', 'jax')
+  jax.config.update('jax_compilation_cache_dir', path)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
+  _enable_compilation_cache()
   config = _CONFIG.value
   configlib.validate(config)
   # Imported late so that flag errors come back at once.
