@@ -15,13 +15,16 @@ the kernel returns, per row i, the k + 1 smallest A(i, .) over other-cluster col
 value bounds every entry the cut dropped, which is what the merge's exactness certificate needs
 (see merge.py). Without the constraint A is symmetric and the rows carry the whole support set.
 
-How it runs: the support matrix Y [L, N, d] (reals first, then the fakes, fake-major so the min over
-a support set is a min over leading slabs) and its squared norms live on every device. Rows are
-streamed in chunks of (devices x block) rows; each device takes one block of `block` rows, so
-memory is O(block * N * L) per device plus Y, and only (rows, k + 1) values come back. The block
-size depends on N and `block_size` only, never on the device count, and a row always sits at the
-same offset of its block: each row sees the same matmul shape and summation order on 1 or 8
-devices, so the results are bitwise identical.
+How it runs: the reals R [N, d] and the fakes F [N * (L-1), d] (the caller's arrays as they are,
+no host copy; on CPU the device buffers alias them) and their squared norms live on every device.
+Rows are streamed in chunks of (devices x block) rows; each device takes one block of `block` rows,
+computes [block, d] x [d, N] and [block, d] x [d, N * (L-1)], and reduces the latter over each
+image's L-1 fakes as a chain of elementwise minima fused into one pass; then adds the norms and the
+diversity term, masks same-cluster columns and takes the top k + 1. Memory is O(block * N * L) per
+device besides the features, and only (rows, k + 1) values come back. The block size depends on N
+and `block_size` only, never on the device count, and a row always sits at the same offset of its
+block: each row sees the same matmul shape and summation order on 1 or 8 devices, so the results
+are bitwise identical.
 
 Squared distances are |x|^2 + |y|^2 - 2 x.y in float32 (float32 accumulation also under the
 bfloat16 option, where the norms are those of the rounded vectors so that the distance is that of
@@ -55,18 +58,6 @@ def block_rows(num_images: int, block_size: int) -> int:
   return max(_ROW_ALIGN, min(int(block_size), -(-per_split // _ROW_ALIGN) * _ROW_ALIGN))
 
 
-def support_matrix(features: np.ndarray, fake_features: np.ndarray | None,
-                   matmul_dtype: str = 'float32') -> np.ndarray:
-  """Host array Y [L, N, d] in the matmul dtype: Y[0] the reals, Y[l] the l-th fake of each image."""
-  n, d = features.shape
-  num_fakes = 0 if fake_features is None else fake_features.shape[1]
-  y = np.empty((1 + num_fakes, n, d), MATMUL_DTYPES[matmul_dtype])
-  y[0] = features
-  for l in range(num_fakes):
-    y[1 + l] = fake_features[:, l]
-  return y
-
-
 def _min_over(x: jax.Array, axis: int) -> jax.Array:
   """Min over a short axis as a chain of elementwise minima (XLA on CPU reduces a short minor axis
   about 10x slower than it fuses this chain)."""
@@ -81,20 +72,32 @@ def _cross(x: jax.Array, y: jax.Array) -> jax.Array:
                          precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
-def _block_topk(rows, y, sq, labels, sizes, penalty, *, k: int, constraint: bool):
+def _block_topk(rows, reals, fakes, sq_reals, sq_fakes, labels, sizes, penalty, *, k: int,
+                constraint: bool):
   """One device's block: the k + 1 smallest directional distances of `rows` to other clusters."""
-  num_sets, n, d = y.shape
-  flat = y.reshape(num_sets * n, d)
+  n = reals.shape[0]
+  num_fakes = fakes.shape[0] // n
   rows_c = jnp.clip(rows, 0, n - 1)  # padding rows (-1) compute garbage that the host drops
-  if constraint or num_sets == 1:
-    # r_i against every support image: [B, L * N] -> min over the L slabs.
-    g = _cross(flat[rows_c], flat).reshape(-1, num_sets, n)
-    a = _min_over(g + sq[None], 1) + sq[0, rows_c][:, None]
+
+  def to_supports(x, sq_x):
+    """min over S_j of |x - y|^2 for query vectors x [..., d] against every image j: [..., N]."""
+    lead = x.shape[:-1]
+    x = x.reshape(-1, x.shape[-1])
+    a = _cross(x, reals) + sq_reals[None]
+    if num_fakes:
+      # Columns come out (image, fake)-major; the min over an image's fakes is a fused chain.
+      f = _cross(x, fakes).reshape(-1, n, num_fakes) + sq_fakes[None]
+      a = jnp.minimum(a, _min_over(f, 2))
+    return a.reshape(*lead, n) + sq_x[..., None]
+
+  if constraint or not num_fakes:
+    a = to_supports(reals[rows_c], sq_reals[rows_c])  # r_i against S_j
   else:
-    # Every support image of i against every support image of j.
-    x = y[:, rows_c].reshape(-1, d)
-    g = _cross(x, flat).reshape(num_sets, -1, num_sets, n)
-    a = _min_over(_min_over(g + sq[None, None], 2) + sq[:, rows_c][:, :, None], 0)
+    # Every support image of i (real first, then its fakes, support-major) against S_j.
+    own = fakes.reshape(n, num_fakes, -1)[rows_c]
+    x = jnp.concatenate([reals[rows_c][None], jnp.moveaxis(own, 1, 0)], 0)
+    sq_x = jnp.concatenate([sq_reals[rows_c][None], sq_fakes[rows_c].T], 0)
+    a = _min_over(to_supports(x, sq_x), 0)
   a = a + penalty * (sizes[rows_c][:, None] + sizes[None, :])
   a = jnp.where(labels[rows_c][:, None] == labels[None, :], jnp.inf, a)
   neg, idx = lax.top_k(-a, k + 1)
@@ -105,16 +108,28 @@ def _block_topk(rows, y, sq, labels, sizes, penalty, *, k: int, constraint: bool
 def _chunk_fn(mesh: Mesh, k: int, constraint: bool):
   """The jitted per-chunk kernel: rows split over 'data', everything else replicated."""
   kernel = functools.partial(_block_topk, k=k, constraint=constraint)
-  mapped = jax.shard_map(kernel, mesh=mesh, in_specs=(P(parallel.DATA_AXIS), P(), P(), P(), P(),
-                                                      P()),
+  mapped = jax.shard_map(kernel, mesh=mesh, in_specs=(P(parallel.DATA_AXIS),) + (P(),) * 7,
                          out_specs=(P(parallel.DATA_AXIS), P(parallel.DATA_AXIS)))
   return jax.jit(mapped)
 
 
 @jax.jit
-def _squared_norms(y: jax.Array) -> jax.Array:
-  y = y.astype(jnp.float32)
-  return jnp.sum(y * y, axis=-1)
+def _squared_norms(x: jax.Array) -> jax.Array:
+  x = x.astype(jnp.float32)
+  return jnp.sum(x * x, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _cast(x: jax.Array, dtype) -> jax.Array:
+  return x.astype(dtype)
+
+
+def _in_dtype(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
+  """x in the matmul dtype (a copy only when that differs) and the float32 squared norms of that
+  rounded x."""
+  if x.dtype != dtype:
+    x = _cast(x, dtype)
+  return x, _squared_norms(x)
 
 
 def _put(x: np.ndarray, sharding) -> jax.Array:
@@ -138,8 +153,12 @@ class SupportSetKernel:
     self.constraint = bool(constraint)
     self.block = block_rows(self.num_images, block_size)
     rep = parallel.replicated(self.mesh)
-    self.y = _put(support_matrix(features, fake_features, matmul_dtype), rep)
-    self.sq = _squared_norms(self.y)
+    dtype = MATMUL_DTYPES[matmul_dtype]
+    n, d = features.shape
+    fakes = np.zeros((0, d), np.float32) if fake_features is None else fake_features.reshape(-1, d)
+    self.reals, self.sq_reals = _in_dtype(_put(features, rep), dtype)
+    self.fakes, sq_fakes = _in_dtype(_put(fakes, rep), dtype)
+    self.sq_fakes = sq_fakes.reshape(n, -1)
     self.labels = _put(np.asarray(labels, np.int32), rep)
     self.sizes = _put(np.asarray(sizes, np.float32), rep)
     self.penalty = _put(np.asarray(size_penalty, np.float32), rep)
@@ -167,7 +186,8 @@ class SupportSetKernel:
     for start in tqdm.tqdm(starts, desc=desc, leave=False, disable=None):
       part = np.full(chunk, -1, np.int32)
       part[:min(chunk, len(rows) - start)] = rows[start:start + chunk]
-      out = fn(_put(part, sharding), self.y, self.sq, self.labels, self.sizes, self.penalty)
+      out = fn(_put(part, sharding), self.reals, self.fakes, self.sq_reals, self.sq_fakes,
+               self.labels, self.sizes, self.penalty)
       if pending is not None:
         fetch(*pending)
       pending = (start, out)
