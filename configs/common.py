@@ -113,8 +113,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.camstyle.batch_size = 16
   c.camstyle.num_epochs = 200
   c.camstyle.decay_epochs = 100  # lr constant, then linear to 0 over the last `decay_epochs`
+  c.camstyle.num_iters = -1      # > 0: train this many iterations instead (HHL: 220000); the
+                                 # decay then covers the same fraction decay_epochs / num_epochs
+  c.camstyle.log_every = 50      # iterations between loss records (a multiple of n_critic)
   c.camstyle.sample_every = 1000  # iterations between sample grids
+  c.camstyle.sample_images = 8   # rows of the sample grids and of the Fig. 2-like figure
   c.camstyle.checkpoint_every = 1000
+  c.camstyle.chunk_size = 512    # images per resumable chunk of the fakes store
+  c.camstyle.generate_batch_size = 64  # (image, target camera) pairs per generator call
   c.camstyle.fake_format = 'jpeg'  # jpeg | png
   c.camstyle.jpeg_quality = 95
   c.camstyle.write_hhl_folder = False  # also write <name>_fake_<k>.jpg as HHL does
