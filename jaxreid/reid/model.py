@@ -6,11 +6,15 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
 from jaxreid.reid import resnet
 
@@ -42,7 +46,7 @@ class ReidNet(nn.Module):
     e = nn.Dense(self.embedding_dim, kernel_init=head_init, bias_init=nn.initializers.zeros,
                  dtype=self.dtype, name='embed')(pooled)
     e = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                     dtype=self.dtype, name='embed_bn')(e)
+                     dtype=self.dtype, use_fast_variance=False, name='embed_bn')(e)
     e = l2_normalize(e.astype(jnp.float32))
     # BUC applies dropout after the normalisation, so embeddings are not unit length in training.
     e = nn.Dropout(self.dropout, deterministic=not train)(e)
@@ -62,3 +66,30 @@ def build_model(model_config: ml_collections.ConfigDict, conv: Any = nn.Conv) ->
   return ReidNet(arch=model_config.arch, embedding_dim=model_config.embedding_dim,
                  dropout=model_config.dropout, last_stride=model_config.last_stride,
                  dtype=_DTYPES[model_config.dtype], conv=conv)
+
+
+def init_variables(net: ReidNet, rng: jax.Array, height: int, width: int) -> dict:
+  """Initial {'params', 'batch_stats'} as numpy, drawn on the host from `rng`.
+
+  Same distributions as the modules' initializers (kernels: normal, std sqrt(2 / fan_out); BN
+  scale 1, bias 0; running mean 0, var 1), but without compiling JAX's random number code, which
+  takes XLA:CPU tens of seconds for a ResNet. Leaf k uses numpy stream (key data, k).
+  """
+  abstract = jax.eval_shape(functools.partial(net.init, train=False), rng,
+                            jnp.zeros((1, height, width, 3), jnp.float32))
+  seed = [int(v) for v in np.asarray(jax.random.key_data(rng)).ravel()]
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(dict(abstract))
+  out = []
+  for k, (path, leaf) in enumerate(leaves):
+    name = path[-1].key
+    if name == 'kernel':
+      fan_out = leaf.shape[-1] * math.prod(leaf.shape[:-2])
+      value = np.random.default_rng([*seed, k]).normal(0.0, math.sqrt(2.0 / fan_out), leaf.shape)
+    elif name in ('scale', 'var'):
+      value = np.ones(leaf.shape)
+    elif name in ('bias', 'mean'):
+      value = np.zeros(leaf.shape)
+    else:
+      raise ValueError(f'no host initializer for {jax.tree_util.keystr(path)}')
+    out.append(value.astype(leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)

@@ -102,9 +102,12 @@ class ResNet(nn.Module):
     kind, blocks, widths, stem = arch_spec(self.arch)
     block_cls = BasicBlock if kind == 'basic' else Bottleneck
     conv = functools.partial(self.conv, use_bias=False, kernel_init=conv_init, dtype=self.dtype)
-    # torchvision BatchNorm2d: eps 1e-5, running average momentum 0.1.
+    # torchvision BatchNorm2d: eps 1e-5, running average momentum 0.1. The two-pass variance
+    # avoids E[x^2] - E[x]^2 cancellation, which turns reduction-order rounding (1 vs 8 devices)
+    # into visible differences.
     norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5, dtype=self.dtype)
+                             epsilon=1e-5, dtype=self.dtype,
+                             use_fast_variance=False)
     x = x.astype(self.dtype)
     x = conv(stem, (7, 7), (2, 2), padding=_pad(7), name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))

@@ -94,9 +94,7 @@ def with_learning_rate(state: TrainState, lr: float) -> TrainState:
 def init_variables(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   """Randomly initialised ReidNet variables, with the ImageNet backbone if the config names one."""
   net = model_lib.build_model(config.model)
-  shape = (1, config.data.height, config.data.width, 3)
-  variables = jax.jit(lambda k: net.init(k, jnp.zeros(shape, jnp.float32), train=False))(rng)
-  variables = jax.device_get(dict(variables))
+  variables = model_lib.init_variables(net, rng, config.data.height, config.data.width)
   if config.model.init_checkpoint:
     variables = pretrained.load_backbone(config.model.init_checkpoint, variables,
                                          config.model.arch)
