@@ -15,10 +15,29 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = 'data'
 
 
-def initialize(distributed: bool) -> None:
-  """Starts jax.distributed when asked (multi-host TPU pods / GPU clusters); a no-op otherwise."""
-  if distributed and jax.process_count() == 1:
-    jax.distributed.initialize()
+def initialize(distributed: bool, coordinator_address: str | None = None,
+               num_processes: int | None = None, process_id: int | None = None) -> None:
+  """Starts jax.distributed when asked; a no-op otherwise (and when already started).
+
+  On TPU pods, SLURM and Open MPI the arguments are found automatically; elsewhere (e.g. several
+  CPU processes on one machine) pass all three.
+  """
+  if not distributed or jax.distributed.is_initialized():
+    return
+  jax.distributed.initialize(coordinator_address=coordinator_address or None,
+                             num_processes=num_processes, process_id=process_id)
+
+
+def is_primary() -> bool:
+  """True on the one process that writes shared files (records, figures, exported models)."""
+  return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+  """Waits until every process got here (a no-op on one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
