@@ -25,7 +25,7 @@ from PIL import Image
 import tqdm
 
 # Bump when the images a given set of parameters produces change, so old folders are not reused.
-VERSION = 1
+VERSION = 2
 FOLDERS = {'train': 'bounding_box_train', 'query': 'query', 'gallery': 'bounding_box_test'}
 META_FILE = 'synthetic.json'
 JPEG_QUALITY = 95
@@ -112,8 +112,9 @@ def _identities(rng, n):
   legs = _clothing_colours(rng, n)
   # Trousers are mostly dark or blue, as in street scenes.
   jeans = rng.random(n) < 0.3
-  legs[jeans] = _hsv_to_rgb(rng.uniform(0.58, 0.64, jeans.sum()), rng.uniform(0.3, 0.7, jeans.sum()),
-                            rng.uniform(0.2, 0.6, jeans.sum()))
+  k = jeans.sum()
+  legs[jeans] = _hsv_to_rgb(rng.uniform(0.58, 0.64, k), rng.uniform(0.3, 0.7, k),
+                            rng.uniform(0.2, 0.6, k))
   return dict(
       skin=skin, hair=hair, torso=torso, torso2=_contrasting(rng, torso, n), legs=legs,
       shoes=_clothing_colours(rng, n) * 0.7, bag=_clothing_colours(rng, n),
@@ -149,14 +150,14 @@ def _camera_styles(rng, num_cameras):
 
   hue = (np.arange(c) / c + rng.uniform(0, 1) + rng.uniform(-0.04, 0.04, c)) % 1.0
   tint = _hsv_to_rgb(hue, np.ones(c), np.ones(c))
-  strength = spread(0.1, 0.28)
+  strength = spread(0.05, 0.18)
   gains = 1.0 + 2.0 * strength[:, None] * (tint - tint.mean(-1, keepdims=True))
   light_angle = rng.uniform(0, 2 * np.pi, c)
   return dict(
-      gains=gains, saturation=spread(0.45, 1.3), contrast=spread(0.6, 1.25),
-      brightness=spread(0.75, 1.2), gamma=spread(0.8, 1.3),
-      light=np.stack([np.cos(light_angle), np.sin(light_angle)], -1) * spread(0.0, 0.35)[:, None],
-      blur=np.clip(spread(0.0, 1.6), 0.0, None), noise=np.clip(spread(0.004, 0.035), 0.0, None))
+      gains=gains, saturation=spread(0.7, 1.15), contrast=spread(0.75, 1.15),
+      brightness=spread(0.8, 1.15), gamma=spread(0.85, 1.2),
+      light=np.stack([np.cos(light_angle), np.sin(light_angle)], -1) * spread(0.0, 0.25)[:, None],
+      blur=np.clip(spread(0.0, 1.2), 0.0, None), noise=np.clip(spread(0.004, 0.03), 0.0, None))
 
 
 def _scene(rng, cam, num_cameras, height, width):
@@ -164,9 +165,9 @@ def _scene(rng, cam, num_cameras, height, width):
   sh, sw = height * 3 // 2, width * 2
   y, x = np.mgrid[0:sh, 0:sw].astype(np.float32)
   hue = (cam / num_cameras + rng.uniform(-0.05, 0.05)) % 1.0
-  wall = _hsv_to_rgb(np.array(hue), np.array(rng.uniform(0.1, 0.6)), np.array(rng.uniform(0.35, 0.9)))
-  floor = _hsv_to_rgb(np.array((hue + rng.uniform(0.3, 0.7)) % 1.0), np.array(rng.uniform(0.05, 0.4)),
-                      np.array(rng.uniform(0.25, 0.75)))
+  wall = _hsv_to_rgb(*np.array([hue, rng.uniform(0.1, 0.6), rng.uniform(0.35, 0.9)]))
+  floor = _hsv_to_rgb(*np.array([(hue + rng.uniform(0.3, 0.7)) % 1.0, rng.uniform(0.05, 0.4),
+                                 rng.uniform(0.25, 0.75)]))
   scale = height / 128.0   # texture periods follow the image size
   kind = (cam + rng.integers(0, 5)) % 5
   period = rng.uniform(6, 16) * scale
@@ -186,7 +187,8 @@ def _scene(rng, cam, num_cameras, height, width):
     shade = 1 + 0.2 * np.sin(2 * np.pi * y / (1.7 * period) + rng.uniform(0, 6))
   horizon = sh * rng.uniform(0.35, 0.6)
   tile = rng.uniform(8, 20) * scale
-  floor_shade = 1 - 0.25 * rng.integers(0, 2) * (((x % tile) < 1.2 * scale) | ((y % tile) < 1.2 * scale))
+  grid = ((x % tile) < 1.2 * scale) | ((y % tile) < 1.2 * scale)
+  floor_shade = 1 - 0.25 * rng.integers(0, 2) * grid     # tiled or plain floor
   img = np.where((y < horizon)[..., None], wall * shade[..., None], floor * floor_shade[..., None])
   for _ in range(rng.integers(2, 5)):   # benches, doors, posters
     oh, ow = rng.uniform(0.1, 0.4) * sh, rng.uniform(0.1, 0.35) * sw
@@ -306,15 +308,17 @@ def _render_people(idn, img, height, width):
   skin, legs, torso, hair = idn['skin'], idn['legs'], idn['torso'], idn['hair']
   layers = []   # painted back to front
 
-  def paint(v0, v1, shape, colour, colour2=None, where=None):
-    """Adds a layer that lies within body heights v0..v1; `shape(u, v)` -> sd or (sd, share)."""
-    if where is not None and not where.any():
-      return
+  def band(v0, v1):
+    """The image rows where body heights v0..v1 fall in any image of the chunk."""
     lo = int(np.clip(np.floor((top + v0 * ph).min()) - 1, 0, height))
     hi = int(np.clip(np.ceil((top + v1 * ph).max()) + 1, 0, height))
-    if lo >= hi:
+    return slice(lo, max(lo, hi))
+
+  def paint(v0, v1, shape, colour, colour2=None, where=None):
+    """Adds a layer that lies within body heights v0..v1; `shape(u, v)` -> sd or (sd, share)."""
+    rows = band(v0, v1)
+    if rows.start == rows.stop or (where is not None and not where.any()):
       return
-    rows = slice(lo, hi)
     out = shape(u[:, rows], v[:, rows])
     sd, share = out if colour2 is not None else (out, None)
     cover = _coverage(sd, ph)
@@ -340,6 +344,10 @@ def _render_people(idn, img, height, width):
     half = (0.1 + 0.1 * np.clip(v - 0.48, 0, None)) * b
     return np.maximum(np.abs(u) - half, np.abs(v - 0.6) - 0.12)
   paint(0.47, 0.73, skirt, legs, where=idn['legwear'] == 2)
+
+  # Long hair hangs behind the neck and torso when seen from the front, over the back otherwise.
+  long_hair = lambda u, v: _box(u, v, 0.0, 0.14, 0.05, 0.08)
+  paint(0.05, 0.23, long_hair, hair, where=idn['long_hair'] & ~img['back'])
 
   # Neck, then the torso with its pattern.
   paint(0.09, 0.17, lambda u, v: _box(u, v, 0.0, 0.13, 0.022, 0.03), skin)
@@ -376,9 +384,8 @@ def _render_people(idn, img, height, width):
       _box(u, v, bag_side * (0.11 * b + 0.045), 0.56, 0.045, 0.05)),
         idn['bag'], where=(bag == 2) | (bag == 3))
 
-  # Head: face from the front, hair from behind; long hair over the shoulders; hats.
-  paint(0.05, 0.23, lambda u, v: _box(u, v, 0.0, 0.14, 0.05, 0.08), hair,
-        where=idn['long_hair'])
+  # Head: face from the front, hair from behind; hats.
+  paint(0.05, 0.23, long_hair, hair, where=idn['long_hair'] & img['back'])
   paint(0.0, 0.14, lambda u, v: _ellipse(u, v, 0.0, 0.072, 0.045, 0.062),
         np.where(img['back'][:, None], hair, skin))
   paint(0.0, 0.05, lambda u, v: np.maximum(_ellipse(u, v, 0.0, 0.068, 0.049, 0.066), v - 0.045),
@@ -390,11 +397,9 @@ def _render_people(idn, img, height, width):
   # A round body: darker towards the silhouette's sides.
   rgb *= (1.0 - 0.35 * np.clip((u / (0.14 * b)) ** 2, 0, 1))[:, None]
   shadow = np.zeros((n, height, width), np.float32)
-  layers = []
-  paint(0.9, 1.0, lambda u, v: _ellipse(u, v, 0.0, 0.955, 0.16 * b, 0.035), skin)
-  if layers:
-    shadow[:, layers[0][0]] = _coverage(
-        _ellipse(u[:, layers[0][0]], v[:, layers[0][0]], 0.0, 0.955, 0.16 * b, 0.035), ph * 0.25)
+  rows = band(0.9, 1.0)
+  shadow[:, rows] = _coverage(_ellipse(u[:, rows], v[:, rows], 0.0, 0.955, 0.16 * b, 0.035),
+                              ph * 0.25)   # soft-edged: a quarter of the figure's sharpness
   return rgb, alpha, shadow
 
 
@@ -482,8 +487,9 @@ def generate(*, num_cameras: int, num_train_ids: int, num_test_ids: int, images_
   num_ids = num_train_ids + num_test_ids
   style = _float32(_camera_styles(_rng(seed, 0), num_cameras))
   scene_rng = _rng(seed, 1)
+  # Planar [C, 3, SH, SW] like all images while rendering: per-channel operations are fast.
   scenes = np.stack([_scene(scene_rng, c, num_cameras, height, width).transpose(2, 0, 1)
-                     for c in range(num_cameras)])  # planar [C, 3, SH, SW]: per-channel ops are fast
+                     for c in range(num_cameras)])
   ids = _float32(_identities(_rng(seed, 2), num_ids))
   cams = _camera_assignment(_rng(seed, 3), num_ids, num_cameras, images_per_id).reshape(-1)
   pid_index = np.repeat(np.arange(num_ids), images_per_id)
@@ -566,7 +572,9 @@ def write_market_folder(root, *, num_cameras: int, num_train_ids: int, num_test_
                                       data.pids, data.camids, data.splits):
       name = f'{pid:04d}_c{cam + 1}s1_{frame[cam]:06d}_00.jpg'
       frame[cam] += 1
-      Image.fromarray(image).save(tmp / FOLDERS[split] / name, quality=JPEG_QUALITY)
+      # 4:4:4: no chroma subsampling, which would smear 2-pixel colour patterns at 64 px width.
+      Image.fromarray(image).save(tmp / FOLDERS[split] / name, quality=JPEG_QUALITY,
+                                  subsampling=0)
     counts = {s: int(np.sum(data.splits == s)) for s in FOLDERS}
     (tmp / META_FILE).write_text(json.dumps({**params, 'counts': counts}, indent=2))
     try:
