@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 
@@ -10,6 +9,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxreid import configlib
+from jaxreid.runtime import setup_runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py); override fields with --config.a.b=v.',
@@ -19,27 +19,10 @@ _ALLOW_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume a work dir even though its config differs.')
 
 
-class _OwnInfoOnly(std_logging.Filter):
-  """Keeps library INFO chatter (orbax logs every file it writes) out of the run's log."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or 'site-packages' not in record.pathname
-
-
-def _enable_compilation_cache() -> None:
-  """Persistent XLA cache: a resumed or repeated run skips recompiling (minutes on CPU)."""
-  import jax
-  path = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'jaxreid', 'jax')
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_OwnInfoOnly())
-  _enable_compilation_cache()
+  setup_runtime()
   config = _CONFIG.value
   configlib.validate(config)
   # Imported late so that flag errors come back at once.

@@ -10,30 +10,17 @@ import sys
 import numpy as np
 import pytest
 
+import tiny_config
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
-TINY = [
-    '--config=configs/synthetic.py',
-    '--config.synthetic.num_cameras=3', '--config.synthetic.num_train_ids=10',
-    '--config.synthetic.num_test_ids=6', '--config.synthetic.images_per_id=4',
-    '--config.data.height=64', '--config.data.width=32',
-    '--config.camstyle.height=64', '--config.camstyle.width=32',
-    '--config.camstyle.load_height=72', '--config.camstyle.load_width=36',
-    '--config.camstyle.d_repeat_num=4', '--config.camstyle.num_iters=6',
-    '--config.camstyle.checkpoint_every=2', '--config.camstyle.sample_every=1000',
-    '--config.camstyle.batch_size=8', '--config.camstyle.chunk_size=16',
-    '--config.train.batch_size=8', '--config.train.step0_epochs=2',
-    '--config.train.later_epochs=1', '--config.cluster.max_steps=3',
-    '--config.cluster.merge_percent=0.2', '--config.model.embedding_dim=32',
-    '--config.eval.batch_size=16',
-]
 
 
 def _run(workdir, env_extra=None):
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # the job itself runs on the default single CPU device
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, '-m', 'jaxreid.main', f'--workdir={workdir}', *TINY],
+  return subprocess.run([sys.executable, '-m', 'jaxreid.main', f'--workdir={workdir}', *tiny_config.cli_args()],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 

@@ -1,0 +1,156 @@
+"""The paper's ablations (Table I, Table III, Fig. 6) as config overrides, run side by side.
+
+  python -m jaxreid.ablations --config=configs/synthetic.py --workdir=runs/ablations
+  python -m jaxreid.ablations --config=configs/synthetic.py --workdir=runs/mp \
+      --sweep=cluster.merge_percent=0.03,0.05,0.1
+  python -m jaxreid.ablations --config=configs/synthetic.py --workdir=runs/lambda \
+      --sweep=cluster.size_penalty=0,0.001,0.003,0.005
+
+Every variant is an ordinary run in <workdir>/<variant> (resumable like any run). Variants share
+the data set and, where their StarGAN settings agree, the trained StarGAN and its fakes, which
+are made once. The table is printed and written to <workdir>/table.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import shutil
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from jaxreid import configlib, records
+from jaxreid.runtime import setup_runtime
+
+# name -> (description, overrides). "Without clustering" trains step 0 alone for as many epochs as
+# the whole full run, so both see the same amount of training.
+ABLATIONS = {
+    'full': ('full method', {}),
+    'no_clustering': ('w/o clustering', {'cluster.enabled': False}),
+    'no_style_transfer': ('w/o style transfer', {'camstyle.enabled': False}),
+    'no_diversity': ('w/o diversity (lambda = 0)', {'cluster.size_penalty': 0.0}),
+    'no_constraint': ('w/o clustering constraint', {'cluster.constraint': False}),
+}
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file.', lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder holding one work dir per variant.')
+_ONLY = flags.DEFINE_list('only', list(ABLATIONS), f'Variants to run, from {list(ABLATIONS)}.')
+_SWEEP = flags.DEFINE_string('sweep', '', 'key=v1,v2,...: run the full method once per value '
+                             'instead of the ablations (e.g. cluster.merge_percent=0.03,0.05).')
+
+
+def total_epochs(config) -> int:
+  """Epochs the full method trains over all its steps."""
+  from jaxreid.framework import num_steps
+  steps = num_steps(config, num_images=1)
+  return config.train.step0_epochs + (steps - 1) * config.train.later_epochs
+
+
+def with_overrides(config, overrides: dict):
+  """A copy of `config` with dotted-key overrides applied (unknown keys fail, naming the key)."""
+  config = copy.deepcopy(config)
+  for key, value in overrides.items():
+    node, parts = config, key.split('.')
+    for part in parts[:-1]:
+      node = node[part]
+    if parts[-1] not in node:
+      raise configlib.ConfigError(f'unknown config key {key}')
+    old = node[parts[-1]]
+    if isinstance(old, bool) and isinstance(value, str):
+      value = value.strip().lower() in ('1', 'true', 'yes')
+    node[parts[-1]] = type(old)(value)
+  return config
+
+
+def variants(config, only=None, sweep: str = '') -> dict:
+  """name -> (description, config) of the runs to make."""
+  out = {}
+  if sweep:
+    key, _, values = sweep.partition('=')
+    if not values:
+      raise configlib.ConfigError(f'--sweep={sweep!r}: expected key=v1,v2,...')
+    for value in values.split(','):
+      cfg = with_overrides(config, {key: value})
+      out[f'{key.split(".")[-1]}={value}'] = (f'{key} = {value}', cfg)
+    return out
+  for name in only or ABLATIONS:
+    if name not in ABLATIONS:
+      raise configlib.ConfigError(f'unknown ablation {name!r}: expected one of {list(ABLATIONS)}')
+    description, overrides = ABLATIONS[name]
+    cfg = with_overrides(config, overrides)
+    if name == 'no_clustering':
+      cfg.train.step0_epochs = total_epochs(config)
+    out[name] = (description, cfg)
+  return out
+
+
+def _share_camstyle(source: pathlib.Path, target: pathlib.Path) -> None:
+  """Copies a finished StarGAN + fakes into a new work dir whose StarGAN config is the same."""
+  from jaxreid import stages
+  src, dst = stages.StageTracker(source), stages.StageTracker(target)
+  if dst.done('camstyle_generate') or not src.done('camstyle_generate'):
+    return
+  for sub in ('camstyle', 'fakes'):
+    if (target / sub).exists():
+      shutil.rmtree(target / sub)
+    shutil.copytree(source / sub, target / sub)
+  dst.mark('camstyle_train', src.summary('camstyle_train'))
+  dst.mark('camstyle_generate', src.summary('camstyle_generate'))
+
+
+def _same_camstyle(a, b) -> bool:
+  """Whether two configs train the same StarGAN on the same images (so its fakes can be shared)."""
+  return all(a[k] == b[k] for k in ('camstyle', 'data', 'synthetic', 'seed'))
+
+
+def run_all(config, workdir: str | pathlib.Path, only=None, sweep: str = '') -> list[dict]:
+  """Runs (or resumes) every variant; returns one row per variant and writes table.md."""
+  from jaxreid import job
+  workdir = pathlib.Path(workdir)
+  config = copy.deepcopy(config)
+  if not config.data.tfds_dir:
+    config.data.tfds_dir = str(workdir / 'tfds')   # one data build for all variants
+  rows, donor = [], None
+  for name, (description, cfg) in variants(config, only, sweep).items():
+    configlib.validate(cfg)
+    run_dir = workdir / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.camstyle.enabled and donor is not None and _same_camstyle(cfg, donor[1]):
+      _share_camstyle(donor[0], run_dir)
+    print(f'=== {name}: {description}', flush=True)
+    results = job.run(cfg, str(run_dir))
+    if cfg.camstyle.enabled and donor is None:
+      donor = (run_dir, cfg)
+    rows.append({'variant': name, 'description': description, **results})
+  table = format_table(rows)
+  (workdir / 'table.md').write_text(table + '\n')
+  records.write_json_atomic(workdir / 'table.json', rows)
+  print(table)
+  return rows
+
+
+def format_table(rows: list[dict]) -> str:
+  """A markdown table: rank-1/5/10/20, mAP and mINP (%) of each variant's kept model."""
+  keys = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
+  lines = ['| variant | rank-1 | rank-5 | rank-10 | rank-20 | mAP | mINP |',
+           '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
+  for r in rows:
+    lines.append(f"| {r['description']} | " + ' | '.join(f'{100 * r[k]:.1f}' for k in keys) + ' |')
+  return '\n'.join(lines)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  setup_runtime()
+  try:
+    run_all(_CONFIG.value, _WORKDIR.value, _ONLY.value, _SWEEP.value)
+  except configlib.ConfigError as e:
+    sys.exit(f'jaxreid.ablations: {e}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(main)
