@@ -9,6 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from jaxreid import parallel
 from jaxreid.clustering import merge_clusters, merge_step, support_topk
+from jaxreid.clustering.distance import aligned_empty, support_array
 
 # Few distinct shapes, so the kernel compiles a handful of times for the whole file.
 SIZES = (24, 40)
@@ -204,6 +205,7 @@ def test_asking_more_merges_than_clusters_merges_everything(caplog):
     (dict(num_to_merge=1.5), 'num_to_merge is 1.5'),
     (dict(size_penalty=-0.1), 'size_penalty is -0.1'),
     (dict(topk=0), 'topk is 0'),
+    (dict(block_size=0), 'block_size is 0'),
     (dict(matmul_dtype='float16'), "matmul_dtype is 'float16'"),
 ])
 def test_user_errors_are_one_clear_line(change, message):
@@ -213,3 +215,19 @@ def test_user_errors_are_one_clear_line(change, message):
   with pytest.raises(ValueError, match=message) as err:
     merge_step(**args)
   assert '\n' not in str(err.value)
+
+
+def test_support_slots_of_one_array_are_used_without_a_copy():
+  # The layout feature extraction gives: [N, L, d], slot 0 real. Views of it are used in place
+  # (and an aligned block reaches an XLA CPU device without a copy either).
+  support = aligned_empty((SIZES[0], 3, DIM))
+  support[:] = _quantised(np.random.default_rng(0), support.shape, 64)
+  s = support_array(support[:, 0], support[:, 1:])
+  assert np.shares_memory(s, support) and s.ctypes.data % 64 == 0
+  np.testing.assert_array_equal(s, support)
+  copied = support_array(support[:, 0].copy(), support[:, 1:].copy())
+  assert not np.shares_memory(copied, support) and copied.ctypes.data % 64 == 0
+  np.testing.assert_array_equal(copied, support)
+  labels = np.arange(SIZES[0]) // 3
+  np.testing.assert_array_equal(merge_step(support[:, 0], support[:, 1:], labels, 3, 1 / 64),
+                                _reference(support[:, 0], support[:, 1:], labels, 3, 1 / 64, True))

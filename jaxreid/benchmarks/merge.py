@@ -4,12 +4,14 @@
   python -m jaxreid.benchmarks.merge --small    # N = 2,000, L = 6, d = 256: a few seconds
   python -m jaxreid.benchmarks.merge --msmt     # MSMT17 scale: N = 32,621, L = 15 (no reference)
 
-Inputs: random unit features with identity structure (one random centre per identity, reals around
-it, each real's L-1 fakes around the real), labels of step 0 (image i in cluster i), m = int(0.05 N)
-merges, lambda = 0.003. Each measurement runs in its own process, so its peak memory (ru_maxrss) is
-its own; "above the inputs" subtracts the resident size once the inputs exist (both sides hold
-the same inputs; for ours, once jax is imported and started, as it is in any jaxreid run). Printed: our merge time (first call, compilation included), the bare matmul of
-the same shapes in the same blocks (the floor of any exact method) and the ratio; the numpy
+Inputs: random unit features with identity structure (one random centre per identity, reals
+around it, each real's L-1 fakes around the real) in one aligned [N, L, d] block, passed to
+merge_step as its slot views (--separate-arrays: two unaligned arrays, costing ours one copy);
+labels of step 0 (image i in cluster i), m = int(0.05 N) merges, lambda = 0.003. Each measurement
+runs in its own process, so its peak memory (ru_maxrss) is its own; "above the inputs" subtracts
+the resident size once the inputs exist (for ours, once jax is imported and started too, as in any
+jaxreid run). Printed: our merge time (first call, compilation included), the bare matmul of the
+same shapes in the same blocks (the floor of any exact method) and the ratio; the numpy
 full-matrix reference (N x N*L distances, argsort of all pairs, union-find), its time and memory;
 and whether the labels agree.
 """
@@ -35,22 +37,24 @@ SCALES = {
 _CHUNK = 1024
 
 
-def unit_features(n: int, num_sets: int, dim: int, num_ids: int, seed: int = 0):
-  """(reals [n, dim], fakes [n, num_sets - 1, dim]) random unit vectors with identity structure,
-  generated in chunks so the peak memory is the arrays themselves."""
+def unit_features(n: int, num_sets: int, dim: int, num_ids: int, seed: int = 0) -> np.ndarray:
+  """Support features S [n, num_sets, dim] (slot 0 the real): random unit vectors with identity
+  structure, in one aligned block (as feature extraction can deliver them), made in chunks so the
+  peak memory is the array itself."""
+  from jaxreid.clustering.distance import aligned_empty
   rng = np.random.default_rng(seed)
   ids = rng.integers(0, num_ids, n)
   centres = rng.standard_normal((num_ids, dim), dtype=np.float32)
-  reals = np.empty((n, dim), np.float32)
-  fakes = np.empty((n, num_sets - 1, dim), np.float32)
+  support = aligned_empty((n, num_sets, dim))
   for s in range(0, n, _CHUNK):
     r = centres[ids[s:s + _CHUNK]] + rng.standard_normal((len(ids[s:s + _CHUNK]), dim),
                                                          dtype=np.float32)
-    reals[s:s + _CHUNK] = r / np.linalg.norm(r, axis=-1, keepdims=True)
-    f = reals[s:s + _CHUNK, None] + (0.5 / np.sqrt(dim)) * rng.standard_normal(
-        (len(r), num_sets - 1, dim), dtype=np.float32)
-    fakes[s:s + _CHUNK] = f / np.linalg.norm(f, axis=-1, keepdims=True)
-  return reals, fakes
+    r /= np.linalg.norm(r, axis=-1, keepdims=True)
+    f = r[:, None] + (0.5 / np.sqrt(dim)) * rng.standard_normal((len(r), num_sets - 1, dim),
+                                                                dtype=np.float32)
+    support[s:s + _CHUNK, 0] = r
+    support[s:s + _CHUNK, 1:] = f / np.linalg.norm(f, axis=-1, keepdims=True)
+  return support
 
 
 def _resident_bytes() -> int:
@@ -99,28 +103,25 @@ def reference_merge(reals: np.ndarray, fakes: np.ndarray, num_to_merge: int, lam
   return np.unique(label, return_inverse=True)[1], matmul
 
 
-def _bare_matmul(reals: np.ndarray, fakes: np.ndarray, block: int, dtype: str, rows: int) -> None:
-  """The matmuls of our kernel alone: [block, d] x [d, N] and x [d, N*(L-1)] for every row block."""
+def _bare_matmul(support: np.ndarray, block: int, dtype: str, rows: int) -> None:
+  """The matmul of our kernel alone: [block, d] x [d, N * L] for every row block."""
   import jax
   import jax.numpy as jnp
   from jax import lax
 
   dt = jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32
-  r = jnp.asarray(reals).astype(dt)
-  f = jnp.asarray(fakes.reshape(-1, reals.shape[1])).astype(dt)
+  n, num_sets, dim = support.shape
+  flat = jnp.asarray(support.reshape(-1, dim)).astype(dt)
 
   @jax.jit
-  def dots(start):
-    x = lax.dynamic_slice_in_dim(r, start, block)
-    dims = (((1,), (1,)), ((), ()))
-    return (lax.dot_general(x, r, dims, precision=lax.Precision.HIGHEST,
-                            preferred_element_type=jnp.float32),
-            lax.dot_general(x, f, dims, precision=lax.Precision.HIGHEST,
-                            preferred_element_type=jnp.float32))
+  def dot(flat, start):
+    x = lax.dynamic_slice_in_dim(flat.reshape(n, num_sets, dim), start, block)[:, 0]
+    return lax.dot_general(x, flat, (((1,), (1,)), ((), ())), precision=lax.Precision.HIGHEST,
+                           preferred_element_type=jnp.float32)
 
   out = None
   for start in range(0, rows, block):
-    out = dots(min(start, len(reals) - block))
+    out = dot(flat, min(start, n - block))
   jax.block_until_ready(out)
 
 
@@ -128,7 +129,15 @@ def _worker(args) -> None:
   """Runs one measurement in this process and prints it as JSON."""
   scale = dict(SCALES[args.scale], **({'n': args.images} if args.images else {}))
   m = int(scale['n'] * 0.05)
-  reals, fakes = unit_features(**scale)
+  support = unit_features(**scale)
+  n = len(support)
+  if args.separate_arrays or args.worker == 'reference':
+    # Two separate, unaligned arrays: merge_step assembles S once (a copy); the reference wants
+    # exactly these.
+    reals, fakes = support[:, 0].copy(), support[:, 1:].copy()
+    del support
+  else:
+    reals, fakes = support[:, 0], support[:, 1:]
   if args.worker != 'reference':
     # A jaxreid run has jax up already: its start-up is not part of the merge.
     import jax
@@ -139,23 +148,23 @@ def _worker(args) -> None:
   start = time.perf_counter()
   if args.worker == 'ours' and args.probe_rows:
     from jaxreid.clustering import distance
-    n = len(reals)
-    kernel = distance.SupportSetKernel(reals, fakes, np.arange(n), np.ones(n), 0.003,
-                                       block_size=args.block_size, matmul_dtype=args.dtype)
+    kernel = distance.SupportSetKernel(distance.support_array(reals, fakes), np.arange(n),
+                                       np.ones(n), 0.003, block_size=args.block_size,
+                                       matmul_dtype=args.dtype)
     kernel.topk(np.arange(args.probe_rows), args.topk)
     result.update(passes=1, final_k=args.topk, recomputed_rows=0, block=kernel.block)
     labels = None
   elif args.worker == 'ours':
     from jaxreid.clustering import distance, merge_clusters
-    res = merge_clusters(reals, fakes, np.arange(len(reals)), m, 0.003, topk=args.topk,
+    res = merge_clusters(reals, fakes, np.arange(n), m, 0.003, topk=args.topk,
                          block_size=args.block_size, matmul_dtype=args.dtype)
     result.update(passes=res.passes, final_k=res.final_k, recomputed_rows=res.recomputed_rows,
-                  block=distance.block_rows(len(reals), args.block_size))
+                  block=distance.block_rows(n, args.block_size))
     labels = res.labels
   elif args.worker == 'matmul':
     from jaxreid.clustering import distance
-    _bare_matmul(reals, fakes, distance.block_rows(len(reals), args.block_size), args.dtype,
-                 args.probe_rows or len(reals))
+    _bare_matmul(distance.support_array(reals, fakes), distance.block_rows(n, args.block_size),
+                 args.dtype, args.probe_rows or n)
     labels = None
   else:
     labels, result['matmul_seconds'] = reference_merge(reals, fakes, m, 0.003)
@@ -169,7 +178,7 @@ def _run(worker: str, args, labels_out: str = '') -> dict:
   cmd = [sys.executable, '-m', 'jaxreid.benchmarks.merge', '--worker', worker,
          '--scale', args.scale, '--topk', str(args.topk), '--block-size', str(args.block_size),
          '--dtype', args.dtype, '--labels-out', labels_out, '--images', str(args.images),
-         '--probe-rows', str(args.probe_rows)]
+         '--probe-rows', str(args.probe_rows)] + ['--separate-arrays'] * args.separate_arrays
   proc = subprocess.run(cmd, capture_output=True, text=True)
   lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
   if proc.returncode or not lines:
@@ -193,6 +202,8 @@ def main(argv=None) -> None:
   p.add_argument('--probe-rows', type=int, default=0,
                  help='a probe: run the kernel (no walk) and the bare matmul on the first rows '
                       'only, at full N and memory; times are also extrapolated to all N rows')
+  p.add_argument('--separate-arrays', action='store_true',
+                 help='pass reals and fakes as two unaligned arrays (costs ours one copy of them)')
   p.add_argument('--worker', choices=['ours', 'matmul', 'reference'], help=argparse.SUPPRESS)
   p.add_argument('--scale', choices=sorted(SCALES), help=argparse.SUPPRESS)
   p.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)

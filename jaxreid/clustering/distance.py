@@ -11,20 +11,20 @@ the constraint is off; without fakes L = 1 and only real-real pairs exist.
 With the constraint, D(i, j) = min(A(i, j), A(j, i)) for the DIRECTIONAL distance
 A(i, j) = min_{y in S_j} |r_i - y|^2 + penalty: the real of one image against the support set of
 the other. A row block of A costs one matmul [block, d] x [d, N * L] (the floor of any method), so
-the kernel returns, per row i, the k + 1 smallest A(i, .) over other-cluster columns; the k-th + 1
+the kernel returns, per row i, the k + 1 smallest A(i, .) over other-cluster columns; the (k+1)-th
 value bounds every entry the cut dropped, which is what the merge's exactness certificate needs
 (see merge.py). Without the constraint A is symmetric and the rows carry the whole support set.
 
-How it runs: the reals R [N, d] and the fakes F [N * (L-1), d] (the caller's arrays as they are,
-no host copy; on CPU the device buffers alias them) and their squared norms live on every device.
-Rows are streamed in chunks of (devices x block) rows; each device takes one block of `block` rows,
-computes [block, d] x [d, N] and [block, d] x [d, N * (L-1)], and reduces the latter over each
-image's L-1 fakes as a chain of elementwise minima fused into one pass; then adds the norms and the
-diversity term, masks same-cluster columns and takes the top k + 1. Memory is O(block * N * L) per
-device besides the features, and only (rows, k + 1) values come back. The block size depends on N
-and `block_size` only, never on the device count, and a row always sits at the same offset of its
-block: each row sees the same matmul shape and summation order on 1 or 8 devices, so the results
-are bitwise identical.
+How it runs: the support features S [N, L, d] (slot 0 the real, then the fakes) and their squared
+norms live on every device; on CPU, a C-contiguous, 64-byte aligned S (see `aligned_empty`) is used
+in place, without any copy. Rows are streamed in chunks of (devices x block) rows; each device takes
+one block of `block` rows, computes one matmul [block, d] x [d, N * L] (columns (image, slot)-major)
+and reduces it over each image's L slots as a chain of elementwise minima fused into one pass; then
+adds the norms and the diversity term, masks same-cluster columns and takes the top k + 1. Memory is
+O(block * N * L) per device besides the features, and only (rows, k + 1) values come back. The
+block size depends on N and `block_size` only, never on the device count, and a row always sits at
+the same offset of its block: each row sees the same matmul shape and summation order on 1 or 8
+devices, so the results are bitwise identical.
 
 Squared distances are |x|^2 + |y|^2 - 2 x.y in float32 (float32 accumulation also under the
 bfloat16 option, where the norms are those of the rounded vectors so that the distance is that of
@@ -58,6 +58,38 @@ def block_rows(num_images: int, block_size: int) -> int:
   return max(_ROW_ALIGN, min(int(block_size), -(-per_split // _ROW_ALIGN) * _ROW_ALIGN))
 
 
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32, align: int = 64) -> np.ndarray:
+  """An uninitialised C-contiguous array at a 64-byte aligned address: XLA on CPU uses such a buffer
+  in place, where it copies an unaligned one (np.empty is typically 16-byte aligned)."""
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape)) * dtype.itemsize
+  raw = np.empty(nbytes + align, np.uint8)
+  offset = (-raw.ctypes.data) % align
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def support_array(features: np.ndarray, fake_features: np.ndarray | None) -> np.ndarray:
+  """float32 S [N, L, d] with S[:, 0] = features and S[:, 1:] = fake_features, without a copy when
+  the two are already the slots of one such array (or there are no fakes), else one aligned copy."""
+  features = np.asarray(features, np.float32)
+  n, d = features.shape
+  if fake_features is None:
+    return features[:, None]
+  fakes = np.asarray(fake_features, np.float32)
+  num_sets = fakes.shape[1] + 1
+  item = features.itemsize
+  row = num_sets * d * item
+  # Both views tile one (N, L, d) C-order block exactly: address it as that block, no copy.
+  if (features.strides == (row, item) and fakes.strides == (row, d * item, item)
+      and fakes.ctypes.data == features.ctypes.data + d * item):
+    return np.lib.stride_tricks.as_strided(features, (n, num_sets, d), (row, d * item, item),
+                                           writeable=False)
+  out = aligned_empty((n, num_sets, d))
+  out[:, 0] = features
+  out[:, 1:] = fakes
+  return out
+
+
 def _min_over(x: jax.Array, axis: int) -> jax.Array:
   """Min over a short axis as a chain of elementwise minima (XLA on CPU reduces a short minor axis
   about 10x slower than it fuses this chain)."""
@@ -72,32 +104,26 @@ def _cross(x: jax.Array, y: jax.Array) -> jax.Array:
                          precision=lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
 
 
-def _block_topk(rows, reals, fakes, sq_reals, sq_fakes, labels, sizes, penalty, *, k: int,
-                constraint: bool):
-  """One device's block: the k + 1 smallest directional distances of `rows` to other clusters."""
-  n = reals.shape[0]
-  num_fakes = fakes.shape[0] // n
+def _block_topk(rows, flat, sq, labels, sizes, penalty, *, k: int, constraint: bool):
+  """One device's block: the k + 1 smallest directional distances of `rows` to other clusters.
+
+  flat [N * L, d] the support features (image, slot)-major, sq [N, L] their squared norms.
+  """
+  n, num_sets = sq.shape
   rows_c = jnp.clip(rows, 0, n - 1)  # padding rows (-1) compute garbage that the host drops
 
   def to_supports(x, sq_x):
     """min over S_j of |x - y|^2 for query vectors x [..., d] against every image j: [..., N]."""
     lead = x.shape[:-1]
-    x = x.reshape(-1, x.shape[-1])
-    a = _cross(x, reals) + sq_reals[None]
-    if num_fakes:
-      # Columns come out (image, fake)-major; the min over an image's fakes is a fused chain.
-      f = _cross(x, fakes).reshape(-1, n, num_fakes) + sq_fakes[None]
-      a = jnp.minimum(a, _min_over(f, 2))
-    return a.reshape(*lead, n) + sq_x[..., None]
+    g = _cross(x.reshape(-1, x.shape[-1]), flat).reshape(-1, n, num_sets) + sq[None]
+    return _min_over(g, 2).reshape(*lead, n) + sq_x[..., None]
 
-  if constraint or not num_fakes:
-    a = to_supports(reals[rows_c], sq_reals[rows_c])  # r_i against S_j
+  if constraint or num_sets == 1:
+    a = to_supports(flat[rows_c * num_sets], sq[rows_c, 0])  # r_i against S_j
   else:
-    # Every support image of i (real first, then its fakes, support-major) against S_j.
-    own = fakes.reshape(n, num_fakes, -1)[rows_c]
-    x = jnp.concatenate([reals[rows_c][None], jnp.moveaxis(own, 1, 0)], 0)
-    sq_x = jnp.concatenate([sq_reals[rows_c][None], sq_fakes[rows_c].T], 0)
-    a = _min_over(to_supports(x, sq_x), 0)
+    # Every support image of i, slot-major, against S_j.
+    x = flat.reshape(n, num_sets, -1)[rows_c]
+    a = _min_over(to_supports(jnp.moveaxis(x, 1, 0), sq[rows_c].T), 0)
   a = a + penalty * (sizes[rows_c][:, None] + sizes[None, :])
   a = jnp.where(labels[rows_c][:, None] == labels[None, :], jnp.inf, a)
   neg, idx = lax.top_k(-a, k + 1)
@@ -108,7 +134,7 @@ def _block_topk(rows, reals, fakes, sq_reals, sq_fakes, labels, sizes, penalty, 
 def _chunk_fn(mesh: Mesh, k: int, constraint: bool):
   """The jitted per-chunk kernel: rows split over 'data', everything else replicated."""
   kernel = functools.partial(_block_topk, k=k, constraint=constraint)
-  mapped = jax.shard_map(kernel, mesh=mesh, in_specs=(P(parallel.DATA_AXIS),) + (P(),) * 7,
+  mapped = jax.shard_map(kernel, mesh=mesh, in_specs=(P(parallel.DATA_AXIS),) + (P(),) * 5,
                          out_specs=(P(parallel.DATA_AXIS), P(parallel.DATA_AXIS)))
   return jax.jit(mapped)
 
@@ -141,28 +167,27 @@ def _put(x: np.ndarray, sharding) -> jax.Array:
 class SupportSetKernel:
   """The support sets of one merge step on the device mesh, queried for per-row top-k candidates.
 
-  features [N, d], fake_features None or [N, L-1, d], labels [N] cluster ids (only equality
-  matters), sizes [N] the real-image size of each image's cluster at the start of the step.
+  support [N, L, d] float32 (slot 0 the real image, slots 1.. its fakes), labels [N] cluster ids
+  (only equality matters), sizes [N] the real-image size of each image's cluster at the start of
+  the step.
   """
 
-  def __init__(self, features: np.ndarray, fake_features: np.ndarray | None, labels: np.ndarray,
-               sizes: np.ndarray, size_penalty: float, constraint: bool = True, *,
-               block_size: int = 512, matmul_dtype: str = 'float32', mesh: Mesh | None = None):
+  def __init__(self, support: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
+               size_penalty: float, constraint: bool = True, *, block_size: int = 512,
+               matmul_dtype: str = 'float32', mesh: Mesh | None = None):
     self.mesh = parallel.make_mesh() if mesh is None else mesh
-    self.num_images = len(features)
+    n, num_sets, d = support.shape
+    self.num_images = n
     self.constraint = bool(constraint)
-    self.block = block_rows(self.num_images, block_size)
+    self.block = block_rows(n, block_size)
     rep = parallel.replicated(self.mesh)
-    dtype = MATMUL_DTYPES[matmul_dtype]
-    n, d = features.shape
-    fakes = np.zeros((0, d), np.float32) if fake_features is None else fake_features.reshape(-1, d)
-    self.reals, self.sq_reals = _in_dtype(_put(features, rep), dtype)
-    self.fakes, sq_fakes = _in_dtype(_put(fakes, rep), dtype)
-    self.sq_fakes = sq_fakes.reshape(n, -1)
+    # A reshape of a C-contiguous S is a view, so an aligned S still goes to the device in place.
+    flat = support.reshape(n * num_sets, d)
+    self.flat, sq = _in_dtype(_put(flat, rep), MATMUL_DTYPES[matmul_dtype])
+    self.sq = sq.reshape(n, num_sets)
     self.labels = _put(np.asarray(labels, np.int32), rep)
     self.sizes = _put(np.asarray(sizes, np.float32), rep)
     self.penalty = _put(np.asarray(size_penalty, np.float32), rep)
-
   def topk(self, rows: np.ndarray, k: int, desc: str = 'merge distances'
            ) -> tuple[np.ndarray, np.ndarray]:
     """(values, columns) [len(rows), k + 1]: the k + 1 smallest A(i, j) over j of other clusters,
@@ -186,8 +211,7 @@ class SupportSetKernel:
     for start in tqdm.tqdm(starts, desc=desc, leave=False, disable=None):
       part = np.full(chunk, -1, np.int32)
       part[:min(chunk, len(rows) - start)] = rows[start:start + chunk]
-      out = fn(_put(part, sharding), self.reals, self.fakes, self.sq_reals, self.sq_fakes,
-               self.labels, self.sizes, self.penalty)
+      out = fn(_put(part, sharding), self.flat, self.sq, self.labels, self.sizes, self.penalty)
       if pending is not None:
         fetch(*pending)
       pending = (start, out)
@@ -202,9 +226,7 @@ def support_topk(features: Any, fake_features: Any, labels: Any, sizes: Any, siz
                  ) -> tuple[np.ndarray, np.ndarray]:
   """(values, columns) [N, k + 1] of every image's k + 1 nearest other-cluster images under the
   directional support-set distance (see the module docstring); inputs as for SupportSetKernel."""
-  kernel = SupportSetKernel(np.asarray(features, np.float32),
-                            None if fake_features is None else np.asarray(fake_features,
-                                                                          np.float32),
-                            labels, sizes, size_penalty, constraint, block_size=block_size,
-                            matmul_dtype=matmul_dtype, mesh=mesh)
+  kernel = SupportSetKernel(support_array(features, fake_features), labels, sizes, size_penalty,
+                            constraint, block_size=block_size, matmul_dtype=matmul_dtype,
+                            mesh=mesh)
   return kernel.topk(np.arange(kernel.num_images), k)

@@ -93,7 +93,8 @@ def walk(values: np.ndarray, rows: np.ndarray, columns: np.ndarray, cluster: np.
   return root, merges, last
 
 
-def _check_inputs(features, fake_features, labels, num_to_merge, size_penalty, topk, matmul_dtype):
+def _check_inputs(features, fake_features, labels, num_to_merge, size_penalty, topk, block_size,
+                  matmul_dtype):
   """Validated float32 features/fakes and int labels; one clear line for anything a user got wrong."""
   features = np.asarray(features)
   if features.ndim != 2 or 0 in features.shape:
@@ -114,7 +115,8 @@ def _check_inputs(features, fake_features, labels, num_to_merge, size_penalty, t
     if fake_features.shape[1] == 0:
       fake_features = None
   for name, x in (('features', features), ('fake_features', fake_features)):
-    if x is not None and not np.isfinite(x).all():
+    # In chunks: a mask of the whole support set would be a large temporary.
+    if x is not None and not all(np.isfinite(x[s:s + 1024]).all() for s in range(0, n, 1024)):
       raise ValueError(f'{name} contains NaN or infinite values; expected finite features')
   labels = np.asarray(labels)
   if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
@@ -127,6 +129,9 @@ def _check_inputs(features, fake_features, labels, num_to_merge, size_penalty, t
     raise ValueError(f'size_penalty is {size_penalty!r}; expected a finite number >= 0')
   if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)) or topk < 1:
     raise ValueError(f'topk is {topk!r}; expected an integer >= 1')
+  if isinstance(block_size, bool) or not isinstance(block_size, (int, np.integer)) \
+      or block_size < 1:
+    raise ValueError(f'block_size is {block_size!r}; expected an integer >= 1')
   if matmul_dtype not in distance.MATMUL_DTYPES:
     raise ValueError(f'matmul_dtype is {matmul_dtype!r}; expected one of '
                      f'{sorted(distance.MATMUL_DTYPES)}')
@@ -139,7 +144,7 @@ def merge_clusters(features: Any, fake_features: Any, labels: Any, num_to_merge:
                    mesh: Mesh | None = None) -> MergeResult:
   """One bottom-up merge step with its diagnostics; see `merge_step` for the arguments."""
   features, fake_features, labels = _check_inputs(features, fake_features, labels, num_to_merge,
-                                                  size_penalty, topk, matmul_dtype)
+                                                  size_penalty, topk, block_size, matmul_dtype)
   n = len(features)
   _, cluster = np.unique(labels, return_inverse=True)
   cluster = cluster.reshape(-1).astype(np.int32)
@@ -153,9 +158,9 @@ def merge_clusters(features: Any, fake_features: Any, labels: Any, num_to_merge:
     return MergeResult(cluster.astype(np.int64), 0, float('nan'), 0, 0, 0)
 
   sizes = np.bincount(cluster)[cluster]
-  kernel = distance.SupportSetKernel(features, fake_features, cluster, sizes, float(size_penalty),
-                                     constraint, block_size=block_size, matmul_dtype=matmul_dtype,
-                                     mesh=mesh)
+  kernel = distance.SupportSetKernel(distance.support_array(features, fake_features), cluster,
+                                     sizes, float(size_penalty), constraint,
+                                     block_size=block_size, matmul_dtype=matmul_dtype, mesh=mesh)
   k = min(int(topk), n - 1)
   row_k = np.full(n, k)
   values, columns = kernel.topk(np.arange(n), k)
