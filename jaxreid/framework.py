@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxreid import checkpoint, cluster_metrics, evaluation, records
+from jaxreid import checkpoint, cluster_metrics, evaluation, parallel, records
 from jaxreid.camstyle.store import SupportSets
 from jaxreid.clustering import merge_step
 from jaxreid.reid import export, extract, sampling
@@ -103,7 +103,7 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
   reid_dir = paths.reid
   reid_dir.mkdir(parents=True, exist_ok=True)
   ckpt = checkpoint.Checkpointer(reid_dir / 'checkpoints', config.checkpoint.max_to_keep)
-  writer = records.MetricsWriter(reid_dir, enabled=True)
+  writer = records.MetricsWriter(reid_dir, enabled=parallel.is_primary())
   train_step = reid_train.make_train_step(config, mesh)
   rng = jax.random.key(config.seed)
 
@@ -176,7 +176,8 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
 
   export.save_model(paths.root / 'model', state.variables, config)
   results = _results(run)
-  records.write_json_atomic(reid_dir / 'results.json', results)
+  if parallel.is_primary():
+    records.write_json_atomic(reid_dir / 'results.json', results)
   writer.close()
   ckpt.close()
   return {'steps': len(run.steps), 'clusters': run.num_classes}
@@ -195,8 +196,9 @@ def _evaluate_step(config, sets, state, labels, mesh, reid_dir, run, writer) -> 
     record['val'] = val
   # Training identities are read here for reporting only; the method never sees them.
   record['cluster_quality'] = cluster_metrics.cluster_quality(labels, sets.train.pids)
-  _save_features(reid_dir / 'features' / ('first.npz' if s == 0 else 'last.npz'), feats,
-                 sets.query, sets.gallery)
+  if parallel.is_primary():
+    _save_features(reid_dir / 'features' / ('first.npz' if s == 0 else 'last.npz'), feats,
+                   sets.query, sets.gallery)
   writer.write(s, {**test, 'clusters': record['clusters']}, prefix='test/')
   if 'val' in record:
     writer.write(s, record['val'], prefix='val/')

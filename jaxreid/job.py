@@ -64,6 +64,13 @@ def load_data(config, paths: RunPaths) -> DataSets:
   """Builds (once) and opens the train / test splits and the validation set, if any."""
   from jaxreid import data
   tfds_dir = pathlib.Path(config.data.tfds_dir) if config.data.tfds_dir else paths.tfds
+  # One process builds the array_record files (a shared file system is assumed); then all read.
+  if parallel.is_primary():
+    data.prepare(config.data, tfds_dir, synthetic_config=config.synthetic)
+    if config.validation.name and (config.validation.name.startswith('synthetic') or
+                                   config.validation.root):
+      data.prepare(config.validation, tfds_dir, synthetic_config=config.synthetic)
+  parallel.barrier('data_built')
   splits = data.load_splits(config.data, tfds_dir, synthetic_config=config.synthetic)
   sets = DataSets(splits['train'], splits['query'], splits['gallery'])
   if config.validation.name:
@@ -79,10 +86,12 @@ def load_data(config, paths: RunPaths) -> DataSets:
 
 def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Runs (or resumes) every stage of the method in `workdir`; returns the final results."""
-  parallel.initialize(config.distributed)
   paths = RunPaths(pathlib.Path(workdir))
-  paths.root.mkdir(parents=True, exist_ok=True)
-  stages.check_or_save_config(paths.root, config, allow_change=allow_config_change)
+  if parallel.is_primary():
+    paths.root.mkdir(parents=True, exist_ok=True)
+  parallel.barrier('workdir')
+  stages.check_or_save_config(paths.root, config, allow_change=allow_config_change,
+                              write=parallel.is_primary())
   tracker = stages.StageTracker(paths.root)
   if tracker.done('final'):
     results = records.read_json(paths.results)
@@ -112,8 +121,10 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     summary = framework.train_reid(config, sets, store, mesh, paths)
     tracker.mark('reid', {**summary, 'seconds': time.time() - t0})
 
+  parallel.barrier('reid_done')
   results = records.read_json(paths.reid / 'results.json')
-  records.write_json_atomic(paths.results, results)
+  if parallel.is_primary():
+    records.write_json_atomic(paths.results, results)
   tracker.mark('final')
   _log_results(results, 'results')
   return results

@@ -15,6 +15,11 @@ _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py); override fields with --config.a.b=v.',
     lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Work dir: data, checkpoints, fakes, results.')
+# Launch topology of a multi-process run (with --config.distributed=True). On TPU pods, SLURM and
+# Open MPI these are found automatically; for several processes on one machine pass them all.
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'host:port of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_processes-1.')
 _ALLOW_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume a work dir even though its config differs.')
 
@@ -25,6 +30,9 @@ def main(argv):
   setup_runtime()
   config = _CONFIG.value
   configlib.validate(config)
+  from jaxreid import parallel
+  parallel.initialize(config.distributed, _COORDINATOR.value, _NUM_PROCESSES.value,
+                      _PROCESS_ID.value)
   # Imported late so that flag errors come back at once.
   from jaxreid import job
   from jaxreid.camstyle.store import StoreError

@@ -7,7 +7,7 @@ import pathlib
 
 import ml_collections
 
-from jaxreid import records
+from jaxreid import parallel, records
 
 
 class RunError(RuntimeError):
@@ -30,6 +30,8 @@ class StageTracker:
     return self._load().get(name)
 
   def mark(self, name: str, summary: dict | None = None) -> None:
+    if not parallel.is_primary():
+      return
     marks = self._load()
     marks[name] = summary or {}
     records.write_json_atomic(self._path, marks)
@@ -54,8 +56,11 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
 
 
 def check_or_save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
-                         allow_change: bool = False) -> None:
-  """Saves the config with a new work dir; refuses to resume one made with another config."""
+                         allow_change: bool = False, write: bool = True) -> None:
+  """Saves the config with a new work dir; refuses to resume one made with another config.
+
+  Every process checks; only the one with `write` (the primary) writes.
+  """
   path = pathlib.Path(workdir) / 'config.json'
   saved = records.read_json(path)
   if saved is not None:
@@ -70,4 +75,5 @@ def check_or_save_config(workdir: str | pathlib.Path, config: ml_collections.Con
                      'anyway.')
     if not diff:
       return
-  records.write_json_atomic(path, json.loads(config.to_json_best_effort()))
+  if write:
+    records.write_json_atomic(path, json.loads(config.to_json_best_effort()))

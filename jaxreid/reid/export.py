@@ -32,7 +32,10 @@ class ModelError(ValueError):
 
 def save_model(directory: str | os.PathLike, variables: Mapping[str, Any],
                config: ml_collections.ConfigDict) -> pathlib.Path:
-  """Writes {'params', 'batch_stats'} and the config to `directory` (replacing a previous model)."""
+  """Writes {'params', 'batch_stats'} and the config to `directory` (replacing a previous model).
+
+  Multi-host: call it on every process (Orbax coordinates them); process 0 writes the meta file.
+  """
   directory = pathlib.Path(directory).absolute()
   directory.mkdir(parents=True, exist_ok=True)
   meta = directory / META_FILE
@@ -45,10 +48,11 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any],
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(target, jax.tree.map(np.asarray, jax.device_get(tree)))
     ckptr.wait_until_finished()
-  tmp = meta.with_suffix('.json.tmp')
-  tmp.write_text(json.dumps({'format': FORMAT, 'config': json.loads(config.to_json_best_effort())},
-                            indent=2))
-  os.replace(tmp, meta)
+  if jax.process_index() == 0:
+    tmp = meta.with_suffix('.json.tmp')
+    tmp.write_text(json.dumps({'format': FORMAT,
+                               'config': json.loads(config.to_json_best_effort())}, indent=2))
+    os.replace(tmp, meta)
   return directory
 
 
@@ -73,9 +77,9 @@ def load_model(path: str | os.PathLike) -> tuple[dict, ml_collections.ConfigDict
   except ValueError:
     raise ModelError(f'{directory / META_FILE}: not valid JSON; expected a file written by '
                      'jaxreid.reid.export.save_model') from None
-  if not isinstance(meta, dict) or meta.get('format') != FORMAT:
-    raise ModelError(f'{directory / META_FILE}: format {meta.get("format") if isinstance(meta, dict) else None!r}, '
-                     f'expected {FORMAT!r}')
+  found = meta.get('format') if isinstance(meta, dict) else None
+  if found != FORMAT:
+    raise ModelError(f'{directory / META_FILE}: format {found!r}, expected {FORMAT!r}')
   config = ml_collections.ConfigDict(meta['config'])
   with ocp.StandardCheckpointer() as ckptr:
     variables = ckptr.restore(directory / VARIABLES_DIR)

@@ -68,6 +68,13 @@ def build_model(model_config: ml_collections.ConfigDict, conv: Any = nn.Conv) ->
                  dtype=_DTYPES[model_config.dtype], conv=conv)
 
 
+def key_data(rng: jax.Array) -> jax.Array:
+  """The uint32 data of a typed key (jax.random.key) or a raw one (jax.random.PRNGKey)."""
+  if jax.dtypes.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(rng)
+  return jnp.asarray(rng, jnp.uint32)
+
+
 def init_variables(net: ReidNet, rng: jax.Array, height: int, width: int) -> dict:
   """Initial {'params', 'batch_stats'} as numpy, drawn on the host from `rng`.
 
@@ -77,7 +84,7 @@ def init_variables(net: ReidNet, rng: jax.Array, height: int, width: int) -> dic
   """
   abstract = jax.eval_shape(functools.partial(net.init, train=False), rng,
                             jnp.zeros((1, height, width, 3), jnp.float32))
-  seed = [int(v) for v in np.asarray(jax.random.key_data(rng)).ravel()]
+  seed = [int(v) for v in np.asarray(key_data(rng)).ravel()]
   leaves, treedef = jax.tree_util.tree_flatten_with_path(dict(abstract))
   out = []
   for k, (path, leaf) in enumerate(leaves):

@@ -36,7 +36,7 @@ class TrainState:
   opt_state: Any
   table: jax.Array      # lookup table V [num_classes, embedding_dim]; not a learned parameter
   step: jax.Array       # train steps taken so far, over all merge steps (dropout key, logging)
-  rng: jax.Array        # base key; step k uses fold_in(rng, k)
+  rng: jax.Array        # uint32 key data (checkpoint-friendly); step k uses fold_in(key, k)
 
   @property
   def variables(self) -> dict:
@@ -111,7 +111,7 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int, rng:
       params=variables['params'], batch_stats=variables['batch_stats'],
       opt_state=tx.init(variables['params']),
       table=memory.zeros(num_classes, config.model.embedding_dim),
-      step=jnp.zeros((), jnp.int32), rng=jax.random.fold_in(rng, 1))
+      step=jnp.zeros((), jnp.int32), rng=model_lib.key_data(jax.random.fold_in(rng, 1)))
   return parallel.replicate(state, mesh)
 
 
@@ -149,7 +149,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, conv: Any = N
   def step(state: TrainState, batch):
     images = augment.normalize(batch['image'], mean, std)
     labels = batch['label'].astype(jnp.int32)
-    dropout_key = jax.random.fold_in(state.rng, state.step)
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_fn(params):
       out, updated = net.apply({'params': params, 'batch_stats': state.batch_stats}, images,
@@ -214,16 +214,15 @@ def train_epoch(train_step: Callable, state: TrainState, batches: Iterable[Mappi
       log_fn(k, m)
     return m
 
-  bar = tqdm.tqdm(batches, total=num_steps, desc=desc, leave=False,
-                  disable=not sys.stderr.isatty())
-  for batch in bar:
-    state, metrics = train_step(state, batch)
+  with tqdm.tqdm(batches, total=num_steps, desc=desc, leave=False,
+                 disable=not sys.stderr.isatty()) as bar:
+    for batch in bar:
+      state, metrics = train_step(state, batch)
+      if pending is not None:
+        m = settle(pending)
+        bar.set_postfix(loss=f'{m["loss"]:.4f}', acc=f'{m["accuracy"]:.3f}', refresh=False)
+      pending = (step, metrics)
+      step += 1
     if pending is not None:
-      m = settle(pending)
-      bar.set_postfix(loss=f'{m["loss"]:.4f}', acc=f'{m["accuracy"]:.3f}', refresh=False)
-    pending = (step, metrics)
-    step += 1
-  if pending is not None:
-    settle(pending)
-  bar.close()
+      settle(pending)
   return state, {name: v / count for name, v in sums.items()} if count else {}
