@@ -73,6 +73,14 @@ def _save_features(path: pathlib.Path, feats: dict, query, gallery) -> None:
   tmp.replace(path)
 
 
+def _save_labels(path: pathlib.Path, labels: np.ndarray) -> None:
+  """The pseudo-labels a step trains on, kept for analysis and for comparing runs."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(path.name + '.tmp.npy')
+  np.save(tmp, labels)
+  tmp.replace(path)
+
+
 class _Run:
   """The loop's mutable bookkeeping: what is checkpointed besides the train state."""
 
@@ -167,6 +175,8 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
                         block_size=config.cluster.block_size,
                         matmul_dtype=config.cluster.matmul_dtype, mesh=mesh).astype(np.int32)
     run.num_classes = int(labels.max()) + 1
+    if parallel.is_primary():
+      _save_labels(reid_dir / 'labels' / f'step_{s + 1:02d}.npy', labels)
     logging.info('step %d: merged %d pairs -> %d clusters (%.1f s)', s, m, run.num_classes,
                  time.time() - t0)
     state = reid_train.reset_for_new_labels(state, run.num_classes, config,

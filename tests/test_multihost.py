@@ -1,0 +1,66 @@
+"""2 processes x 4 CPU devices (jax.distributed on localhost) give the labels and metrics of 1 x 8."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import tiny_config
+
+# A short training without the StarGAN: what is under test is the data-parallel re-ID loop,
+# the host-side merge on every process and the primary-only records.
+SHORT = tiny_config.cli_args() + ['--config.camstyle.enabled=False']
+
+
+def _env(devices):
+  env = dict(os.environ)
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['JAX_PLATFORMS'] = 'cpu'
+  return env
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _outcome(workdir):
+  results = json.loads((workdir / 'results.json').read_text())
+  labels = {p.name: np.load(p) for p in sorted((workdir / 'reid' / 'labels').glob('*.npy'))}
+  return results, labels
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(tmp_path):
+  single = tmp_path / 'single'
+  proc = subprocess.run([sys.executable, '-m', 'jaxreid.main', f'--workdir={single}', *SHORT],
+                        cwd=tiny_config.REPO, env=_env(8), capture_output=True, text=True,
+                        timeout=900)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+  multi = tmp_path / 'multi'
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, '-m', 'jaxreid.main', f'--workdir={multi}', *SHORT,
+       '--config.distributed=True', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'],
+      cwd=tiny_config.REPO, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
+  outs = [p.communicate(timeout=900) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+
+  want_results, want_labels = _outcome(single)
+  results, labels = _outcome(multi)
+  assert len(want_labels) == 2 and labels.keys() == want_labels.keys()
+  for name in want_labels:
+    np.testing.assert_array_equal(labels[name], want_labels[name], err_msg=name)
+  assert [s['clusters'] for s in results['steps']] == [s['clusters'] for s in want_results['steps']]
+  for got, want in zip(results['steps'], want_results['steps']):
+    for key in ('rank1', 'rank5', 'mAP', 'mINP'):
+      assert got[key] == pytest.approx(want[key], abs=1e-6), (got['step'], key)
