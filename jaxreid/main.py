@@ -45,7 +45,13 @@ def main(argv):
 
 
 def run():
-  """Console-script entry: one clear line (no traceback) for errors a user caused."""
+  """Console-script entry: one clear line (no traceback) for errors a user caused.
+
+  `jaxreid plot --workdir=DIR` draws a run's figures (jaxreid.viz) instead of running.
+  """
+  if len(sys.argv) > 1 and sys.argv[1] == 'plot':
+    from jaxreid import viz
+    sys.exit(viz.plot_main(sys.argv[2:]))
   flags.mark_flags_as_required(['config', 'workdir'])
   try:
     app.run(main, flags_parser=_parse_flags)
