@@ -170,3 +170,18 @@ def test_same_seed_same_result_on_one_and_eight_devices():
     assert int(s1.step) == int(s8.step) == steps
     # Training moved the weights far more than the devices did.
     assert rel_diff(s1.params, state.params) > 1e3 * rel_diff(s8.params, s1.params)
+
+
+def test_state_round_trips_through_the_run_checkpointer_with_its_learning_rate(tmp_path):
+  from jaxreid import checkpoint
+  mesh = parallel.make_mesh()
+  state, _ = toy_state(mesh, lr=0.01)
+  state = train.with_learning_rate(state, 0.001)
+  ckpt = checkpoint.Checkpointer(tmp_path)
+  ckpt.save(3, state, {'merge_step': 1})
+  restored = ckpt.restore(state)
+  ckpt.close()
+  assert float(restored.opt_state.hyperparams['learning_rate']) == pytest.approx(0.001)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(restored)[0],
+                          jax.tree.leaves(state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
