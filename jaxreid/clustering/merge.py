@@ -163,14 +163,22 @@ def merge_clusters(features: Any, fake_features: Any, labels: Any, num_to_merge:
                                      block_size=block_size, matmul_dtype=matmul_dtype, mesh=mesh)
   k = min(int(topk), n - 1)
   row_k = np.full(n, k)
+  # Candidates per pass, (rows, values [r, k_p], columns [r, k_p]); a row's latest pass counts.
+  # Ragged on purpose: a few rows needing a large k never widen the store of all N rows.
   values, columns = kernel.topk(np.arange(n), k)
-  # Per row: candidate values/columns (padded with +inf / 0 to the widest k so far) and the bound.
-  cand_v, cand_c, bound = values[:, :k], columns[:, :k], values[:, k].copy()
-  passes, recomputed = 1, 0
+  passes_store = [(np.arange(n), values[:, :k], columns[:, :k])]
+  latest = np.zeros(n, np.int32)
+  bound = values[:, k].copy()
+  recomputed = 0
   while True:
-    rows = np.repeat(np.arange(n, dtype=np.int32), cand_v.shape[1])
-    root, merges, last = walk(cand_v.reshape(-1), rows, cand_c.reshape(-1), cluster,
-                              num_clusters, m)
+    flat_v, flat_r, flat_c = [], [], []
+    for p, (rows, v, c) in enumerate(passes_store):
+      keep = latest[rows] == p
+      flat_v.append(v[keep].reshape(-1))
+      flat_c.append(c[keep].reshape(-1))
+      flat_r.append(np.repeat(rows[keep], v.shape[1]))
+    root, merges, last = walk(np.concatenate(flat_v), np.concatenate(flat_r),
+                              np.concatenate(flat_c), cluster, num_clusters, m)
     unsafe = np.flatnonzero(np.isfinite(bound) & (bound <= last))
     if len(unsafe) == 0:
       break
@@ -179,16 +187,12 @@ def merge_clusters(features: Any, fake_features: Any, labels: Any, num_to_merge:
                  '%.6g for %d of %d images; recomputing their candidates with k=%d',
                  last, len(unsafe), n, k)
     values, columns = kernel.topk(unsafe, k, desc=f'merge distances (k={k})')
-    if k > cand_v.shape[1]:
-      pad = k - cand_v.shape[1]
-      cand_v = np.pad(cand_v, ((0, 0), (0, pad)), constant_values=np.inf)
-      cand_c = np.pad(cand_c, ((0, 0), (0, pad)))
-    cand_v[unsafe], cand_c[unsafe] = np.inf, 0
-    cand_v[unsafe, :k], cand_c[unsafe, :k] = values[:, :k], columns[:, :k]
+    latest[unsafe] = len(passes_store)
+    passes_store.append((unsafe, values[:, :k], columns[:, :k]))
     bound[unsafe] = values[:, k]
     row_k[unsafe] = k
-    passes += 1
     recomputed += len(unsafe)
+  passes = len(passes_store)
 
   survivors = np.unique(root)
   new_labels = np.searchsorted(survivors, root)[cluster].astype(np.int64)
