@@ -1,7 +1,7 @@
 """A trained re-ID model on disk: what FeatureExtractor loads and the framework writes.
 
-Layout of a model directory (written atomically by Orbax, config last):
-  <dir>/variables/         Orbax StandardCheckpointer tree {'params', 'batch_stats'} of a ReidNet
+Layout of a model directory (each file replaced atomically, config last):
+  <dir>/variables.msgpack  flax msgpack of {'params', 'batch_stats'} of a ReidNet
   <dir>/reid_model.json    {"format": "jaxreid-reid-model-v1", "config": <the run's full config>}
 A work dir holds its models as <workdir>/best_model (the best validation score) and
 <workdir>/model (the latest); `find_model_dir` resolves either a model dir or a work dir.
@@ -12,17 +12,16 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 from typing import Any, Mapping
 
 import jax
 import ml_collections
 import numpy as np
-import orbax.checkpoint as ocp
+from flax import serialization
 
 FORMAT = 'jaxreid-reid-model-v1'
 META_FILE = 'reid_model.json'
-VARIABLES_DIR = 'variables'
+VARIABLES_FILE = 'variables.msgpack'
 WORKDIR_MODELS = ('best_model', 'model')
 
 
@@ -34,26 +33,31 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any],
                config: ml_collections.ConfigDict) -> pathlib.Path:
   """Writes {'params', 'batch_stats'} and the config to `directory` (replacing a previous model).
 
-  Multi-host: call it on every process (Orbax coordinates them); process 0 writes the meta file.
+  Both files are replaced atomically, the meta file last, so a reader never sees a half model.
+  Multi-host: the variables are replicated, so only the primary process writes (others return).
   """
   directory = pathlib.Path(directory).absolute()
+  tree = jax.tree.map(np.asarray, jax.device_get(
+      {'params': variables['params'], 'batch_stats': variables['batch_stats']}))
+  if jax.process_index() != 0:
+    return directory
   directory.mkdir(parents=True, exist_ok=True)
   meta = directory / META_FILE
   if meta.exists():
     meta.unlink()   # a model without its meta file is not trusted while it is rewritten
-  target = directory / VARIABLES_DIR
-  if target.exists():
-    shutil.rmtree(target)
-  tree = {'params': variables['params'], 'batch_stats': variables['batch_stats']}
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(target, jax.tree.map(np.asarray, jax.device_get(tree)))
-    ckptr.wait_until_finished()
-  if jax.process_index() == 0:
-    tmp = meta.with_suffix('.json.tmp')
-    tmp.write_text(json.dumps({'format': FORMAT,
-                               'config': json.loads(config.to_json_best_effort())}, indent=2))
-    os.replace(tmp, meta)
+  _replace(directory / VARIABLES_FILE, serialization.msgpack_serialize(tree))
+  _replace(meta, json.dumps({'format': FORMAT, 'config': json.loads(config.to_json_best_effort())},
+                            indent=2).encode())
   return directory
+
+
+def _replace(path: pathlib.Path, data: bytes) -> None:
+  tmp = path.with_name(path.name + '.tmp')
+  with open(tmp, 'wb') as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
 
 
 def find_model_dir(path: str | os.PathLike) -> pathlib.Path:
@@ -81,6 +85,9 @@ def load_model(path: str | os.PathLike) -> tuple[dict, ml_collections.ConfigDict
   if found != FORMAT:
     raise ModelError(f'{directory / META_FILE}: format {found!r}, expected {FORMAT!r}')
   config = ml_collections.ConfigDict(meta['config'])
-  with ocp.StandardCheckpointer() as ckptr:
-    variables = ckptr.restore(directory / VARIABLES_DIR)
+  try:
+    variables = serialization.msgpack_restore((directory / VARIABLES_FILE).read_bytes())
+  except (OSError, ValueError) as e:
+    raise ModelError(f'{directory / VARIABLES_FILE}: unreadable ({type(e).__name__}); expected '
+                     'the variables written by jaxreid.reid.export.save_model') from None
   return jax.tree.map(np.asarray, variables), config
