@@ -1,0 +1,250 @@
+"""The store of camera-style fakes: random access by (image index, target camera).
+
+Layout of a store directory:
+  index.json            {"format", "num_images", "num_cameras", "chunk_size", "codec"}
+  camids.npy            the source camera (0-based) of every training image
+  chunks/chunk_NNNNN.bin  images [N * chunk_size, (N + 1) * chunk_size): for each image in order,
+                        its fakes for the other cameras in ascending camera order, each an encoded
+                        JPEG / PNG; then the record offsets (little-endian int64, count + 1 of
+                        them), then a 16-byte footer (int64 count, magic b'JRFAKES1').
+  hhl/<name>_fake_<k>.jpg  optional: HHL's folder convention (k the 1-based target camera).
+
+A chunk file appears only complete (temp file + os.replace), so its existence marks the chunk
+done. Fakes have the size of their source image.
+
+The re-ID side reads a store through
+  store = FakeStore.open(path)
+  store.num_images, store.num_cameras
+  store.target_cameras(i)       ascending, i's own camera excluded (L - 1 of them)
+  store.fake(i, target_cam)     uint8 HxWx3 RGB
+  sets = SupportSets(split.image, store)      (store None: real images only)
+  sets.size                      L with a store, 1 without
+  sets.support_image(i, slot)    slot 0: the real image; slot l >= 1: the fake for the l-th
+                                 camera of target_cameras(i)
+  sets.slot_camera(i, slot)      the camera that image shows
+Reads use os.pread, so one store may serve several decoding threads at once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pathlib
+import struct
+import threading
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+FORMAT = 'jaxreid-fakes-v1'
+_MAGIC = b'JRFAKES1'
+_FOOTER = struct.Struct('<q8s')
+
+
+class StoreError(ValueError):
+  """A fakes store is missing, incomplete or not one; the message is one line saying which."""
+
+
+def chunk_path(root: pathlib.Path, chunk: int) -> pathlib.Path:
+  """Where chunk number `chunk` of a store lives."""
+  return pathlib.Path(root) / 'chunks' / f'chunk_{chunk:05d}.bin'
+
+
+def encode(image: np.ndarray, codec: str, quality: int = 95) -> bytes:
+  """uint8 HxWx3 RGB -> JPEG or PNG bytes."""
+  buf = io.BytesIO()
+  if codec == 'jpeg':
+    Image.fromarray(image).save(buf, format='JPEG', quality=int(quality))
+  else:
+    Image.fromarray(image).save(buf, format='PNG', compress_level=6)
+  return buf.getvalue()
+
+
+def decode(data: bytes) -> np.ndarray:
+  """Encoded image bytes -> uint8 HxWx3 RGB."""
+  with Image.open(io.BytesIO(data)) as im:
+    return np.asarray(im.convert('RGB'))
+
+
+def write_chunk(path: pathlib.Path, encoded: Sequence[bytes]) -> int:
+  """Writes one chunk file atomically; returns its size in bytes."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  offsets = np.zeros(len(encoded) + 1, '<i8')
+  offsets[1:] = np.cumsum([len(e) for e in encoded])
+  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+  with open(tmp, 'wb') as f:
+    for e in encoded:
+      f.write(e)
+    f.write(offsets.tobytes())
+    f.write(_FOOTER.pack(len(encoded), _MAGIC))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return int(offsets[-1]) + offsets.nbytes + _FOOTER.size
+
+
+def chunk_ranges(num_images: int, chunk_size: int) -> list[range]:
+  """The image indices of each chunk."""
+  return [range(s, min(s + chunk_size, num_images)) for s in range(0, num_images, chunk_size)]
+
+
+def target_cameras_of(camid: int, num_cameras: int) -> tuple[int, ...]:
+  """The cameras an image of camera `camid` gets fakes for: all others, ascending."""
+  return tuple(k for k in range(num_cameras) if k != camid)
+
+
+def write_index(root: pathlib.Path, camids: np.ndarray, num_cameras: int, chunk_size: int,
+                codec: str) -> None:
+  """Starts a store (or checks that an existing one was started for the same images)."""
+  root = pathlib.Path(root)
+  index = {'format': FORMAT, 'num_images': int(len(camids)), 'num_cameras': int(num_cameras),
+           'chunk_size': int(chunk_size), 'codec': codec}
+  path = root / 'index.json'
+  if path.exists():
+    old = json.loads(path.read_text())
+    old_camids = np.load(root / 'camids.npy') if (root / 'camids.npy').exists() else None
+    if old != index or old_camids is None or not np.array_equal(old_camids, camids):
+      raise StoreError(f'{root} holds fakes of other images or settings ({old}); remove it or use '
+                       'a new work dir')
+    return
+  root.mkdir(parents=True, exist_ok=True)
+  tmp = root / '.camids.tmp.npy'
+  np.save(tmp, np.asarray(camids, np.int32))
+  os.replace(tmp, root / 'camids.npy')
+  tmp = root / '.index.json.tmp'
+  tmp.write_text(json.dumps(index, indent=2))
+  os.replace(tmp, path)
+
+
+class FakeStore:
+  """Read access to a finished store (see the module docstring for the layout)."""
+
+  def __init__(self, root: pathlib.Path, index: dict, camids: np.ndarray):
+    self.root = pathlib.Path(root)
+    self.num_images = int(index['num_images'])
+    self.num_cameras = int(index['num_cameras'])
+    self.chunk_size = int(index['chunk_size'])
+    self.codec = index['codec']
+    self.camids = camids
+    self._fds: dict[int, int] = {}
+    self._offsets: dict[int, np.ndarray] = {}
+    self._lock = threading.Lock()
+
+  @classmethod
+  def open(cls, path: str | os.PathLike) -> 'FakeStore':
+    """Opens a complete store; one clear line if it is absent, foreign or unfinished."""
+    root = pathlib.Path(path)
+    index_path = root / 'index.json'
+    if not index_path.is_file():
+      raise StoreError(f'{root}: no fakes store here (expected {index_path}); run the camstyle '
+                       'generation first')
+    index = json.loads(index_path.read_text())
+    if index.get('format') != FORMAT:
+      raise StoreError(f'{index_path}: format {index.get("format")!r}, expected {FORMAT!r}')
+    camids = np.load(root / 'camids.npy')
+    chunks = chunk_ranges(int(index['num_images']), int(index['chunk_size']))
+    missing = [k for k in range(len(chunks)) if not chunk_path(root, k).is_file()]
+    if missing:
+      raise StoreError(f'{root}: fakes store is incomplete ({len(chunks) - len(missing)} of '
+                       f'{len(chunks)} chunks); run the generation again to finish it')
+    return cls(root, index, camids)
+
+  def __len__(self) -> int:
+    return self.num_images
+
+  @property
+  def fakes_per_image(self) -> int:
+    return self.num_cameras - 1
+
+  def target_cameras(self, i: int) -> tuple[int, ...]:
+    """Cameras with a fake of image i: every camera but its own, ascending."""
+    return target_cameras_of(int(self.camids[self._check(i)]), self.num_cameras)
+
+  def fake_bytes(self, i: int, target_cam: int) -> bytes:
+    """The encoded fake of image i under camera `target_cam`."""
+    i = self._check(i)
+    own = int(self.camids[i])
+    if not 0 <= target_cam < self.num_cameras or target_cam == own:
+      raise KeyError(f'image {i} (camera {own}) has no fake for camera {target_cam}; expected one '
+                     f'of {self.target_cameras(i)}')
+    chunk, first = divmod(i, self.chunk_size)
+    record = first * self.fakes_per_image + target_cam - (target_cam > own)
+    fd, offsets = self._chunk(chunk)
+    start, stop = int(offsets[record]), int(offsets[record + 1])
+    return os.pread(fd, stop - start, start)
+
+  def fake(self, i: int, target_cam: int) -> np.ndarray:
+    """The fake of image i under camera `target_cam`: uint8 HxWx3 RGB."""
+    return decode(self.fake_bytes(i, target_cam))
+
+  def nbytes(self) -> int:
+    """Size of the chunk files on disk."""
+    return sum(p.stat().st_size for p in (self.root / 'chunks').glob('chunk_*.bin'))
+
+  def close(self) -> None:
+    with self._lock:
+      for fd in self._fds.values():
+        os.close(fd)
+      self._fds.clear()
+
+  def __del__(self):
+    try:
+      self.close()
+    except Exception:  # pylint: disable=broad-except
+      pass
+
+  def _check(self, i) -> int:
+    i = int(i)
+    if not 0 <= i < self.num_images:
+      raise IndexError(f'image index {i} outside the store of {self.num_images} images')
+    return i
+
+  def _chunk(self, chunk: int) -> tuple[int, np.ndarray]:
+    with self._lock:
+      if chunk not in self._fds:
+        path = chunk_path(self.root, chunk)
+        fd = os.open(path, os.O_RDONLY)
+        size = os.fstat(fd).st_size
+        count, magic = _FOOTER.unpack(os.pread(fd, _FOOTER.size, size - _FOOTER.size))
+        if magic != _MAGIC:
+          os.close(fd)
+          raise StoreError(f'{path}: not a fakes chunk (bad footer)')
+        nbytes = (count + 1) * 8
+        self._offsets[chunk] = np.frombuffer(
+            os.pread(fd, nbytes, size - _FOOTER.size - nbytes), '<i8')
+        self._fds[chunk] = fd
+      return self._fds[chunk], self._offsets[chunk]
+
+
+class SupportSets:
+  """Image i's support set: slot 0 the real image, slot l >= 1 its fake for the l-th other camera."""
+
+  def __init__(self, real_image: Callable[[int], np.ndarray], store: FakeStore | None,
+               camids: np.ndarray | None = None):
+    self._real = real_image
+    self.store = store
+    self._camids = store.camids if store is not None else camids
+
+  @property
+  def size(self) -> int:
+    """Images per support set: L with fakes, 1 without."""
+    return 1 if self.store is None else self.store.num_cameras
+
+  def support_image(self, i: int, slot: int) -> np.ndarray:
+    """uint8 HxWx3: the real image (slot 0) or a fake (slot >= 1)."""
+    if slot == 0:
+      return self._real(int(i))
+    if self.store is None or not 0 < slot < self.size:
+      raise IndexError(f'support slot {slot}: expected 0..{self.size - 1}')
+    return self.store.fake(i, self.store.target_cameras(i)[slot - 1])
+
+  def slot_camera(self, i: int, slot: int) -> int:
+    """The camera whose style slot `slot` of image i shows."""
+    if self._camids is None:
+      raise ValueError('slot_camera needs camera ids (a store, or camids=...)')
+    own = int(self._camids[int(i)])
+    if slot == 0:
+      return own
+    return target_cameras_of(own, self.store.num_cameras)[slot - 1]

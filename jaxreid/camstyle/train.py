@@ -1,0 +1,452 @@
+"""WGAN-GP training of the camera-style StarGAN on unlabeled images (camera ids only).
+
+One jitted `train_step(state, batch) -> (state, metrics)` over the mesh: the batch is sharded on
+'data', the state replicated and donated. Each step updates D; every `n_critic`-th step also
+updates G on the same batch (StarGAN's schedule). Everything random is a function of the config
+seed and the iteration, so a killed run resumes from its last Orbax checkpoint to the same result.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import os
+import pathlib
+import sys
+from typing import Any, Callable, Iterator
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from PIL import Image
+from tqdm import tqdm
+
+from jaxreid import checkpoint, parallel, records
+from jaxreid.camstyle import stargan
+from jaxreid.configlib import ConfigError
+
+_SEED_TAG = 0x5CA3  # separates the StarGAN's random streams from the re-ID ones
+
+
+@flax.struct.dataclass
+class GanState:
+  """Everything a resumed training needs: both networks, both Adam states, the iteration, the key."""
+  g_params: Any
+  d_params: Any
+  g_opt: Any
+  d_opt: Any
+  step: jax.Array  # iterations done (= D updates)
+  rng: jax.Array  # raw uint32 key; per-step keys are fold_in(rng, step)
+
+
+# ------------------------------------------------------------------ schedule and config
+
+
+def check_config(c: ml_collections.ConfigDict, num_cameras: int, num_images: int) -> None:
+  """Refuses camstyle settings that cannot train (one line naming the key)."""
+  if num_cameras < 2:
+    raise ConfigError(f'camstyle needs at least 2 cameras, the training split has {num_cameras}; '
+                      'set config.camstyle.enabled=False')
+  for key in ('g_conv_dim', 'd_conv_dim', 'batch_size', 'n_critic', 'chunk_size',
+              'generate_batch_size', 'sample_images'):
+    if c[key] < 1:
+      raise ConfigError(f'config.camstyle.{key}={c[key]!r}: expected a positive integer')
+  for key in ('g_repeat_num', 'num_epochs', 'decay_epochs'):
+    if c[key] < 0:
+      raise ConfigError(f'config.camstyle.{key}={c[key]!r}: expected a non-negative integer')
+  if c.decay_epochs > c.num_epochs:
+    raise ConfigError(f'config.camstyle.decay_epochs={c.decay_epochs}: expected at most '
+                      f'config.camstyle.num_epochs={c.num_epochs}')
+  if c.load_height < c.height or c.load_width < c.width:
+    raise ConfigError(f'config.camstyle.load_height/load_width={c.load_height}x{c.load_width}: '
+                      f'expected at least the crop size {c.height}x{c.width}')
+  if c.batch_size > num_images:
+    raise ConfigError(f'config.camstyle.batch_size={c.batch_size}: expected at most the '
+                      f'{num_images} training images')
+  if c.fake_format not in ('jpeg', 'png'):
+    raise ConfigError(f"config.camstyle.fake_format={c.fake_format!r}: expected 'jpeg' or 'png'")
+  try:
+    stargan.check_image_size(c.height, c.width, c.d_repeat_num, what='config.camstyle')
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+
+
+def iterations(c: ml_collections.ConfigDict, num_images: int) -> tuple[int, int, int]:
+  """(total iterations, iterations per epoch, iterations of linear decay at the end)."""
+  per_epoch = num_images // c.batch_size
+  total = c.num_iters if c.num_iters > 0 else c.num_epochs * per_epoch
+  decay = round(total * c.decay_epochs / c.num_epochs) if c.num_epochs else 0
+  return total, per_epoch, decay
+
+
+def learning_rate(base_lr: float, step, total: int, decay: int):
+  """Constant, then linear to 0 over the last `decay` iterations (step counts from 0)."""
+  if decay <= 0:
+    return jnp.asarray(base_lr, jnp.float32)
+  frac = jnp.clip((total - step) / decay, 0.0, 1.0)
+  return (base_lr * frac).astype(jnp.float32)
+
+
+# ------------------------------------------------------------------ state and step
+
+
+def init_state(config: ml_collections.ConfigDict, num_cameras: int) -> GanState:
+  """Fresh networks and Adam states from the config seed (host arrays, not yet placed)."""
+  c = config.camstyle
+  g, d = stargan.build(c, num_cameras)
+  key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SEED_TAG)
+  gk, dk, rng = jax.random.split(key, 3)
+  x = jnp.zeros((1, c.height, c.width, 3), jnp.float32)
+  g_params = g.init(gk, x, jnp.zeros((1, num_cameras), jnp.float32))['params']
+  d_params = d.init(dk, x)['params']
+  tx = _adam(c)
+  return GanState(g_params=g_params, d_params=d_params, g_opt=tx.init(g_params),
+                  d_opt=tx.init(d_params), step=jnp.zeros((), jnp.int32), rng=rng)
+
+
+def _adam(c) -> optax.GradientTransformation:
+  # The learning rate is applied in the step (it depends on the iteration, shared by G and D).
+  return optax.scale_by_adam(b1=c.beta1, b2=c.beta2, eps=1e-8)
+
+
+def to_model_input(images_uint8: jax.Array) -> jax.Array:
+  """uint8 RGB -> float32 in [-1, 1] (HHL's Normalize(0.5, 0.5))."""
+  return images_uint8.astype(jnp.float32) / 127.5 - 1.0
+
+
+def to_uint8(images: jax.Array) -> jax.Array:
+  """Generator output in [-1, 1] -> uint8 RGB."""
+  return jnp.clip(jnp.round((images + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+
+
+def _ce(logits, labels):
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainStep:
+  """One StarGAN iteration: a D update, then a G update on the same batch every n_critic-th.
+
+  Two jitted functions rather than one with a lax.cond: XLA:CPU runs convolutions inside a
+  conditional on a slow path (about 10x here), and the host knows the iteration anyway.
+  """
+  d_step: Callable[[GanState, dict], tuple[GanState, dict]]
+  g_step: Callable[[GanState, dict], tuple[GanState, dict]]
+  n_critic: int
+
+  def __call__(self, state: GanState, batch: dict, iteration: int) -> tuple[GanState, dict]:
+    """Runs iteration `iteration` (0-based; = state.step); metrics hold G's only after a G update."""
+    state, metrics = self.d_step(state, batch)
+    if (iteration + 1) % self.n_critic == 0:
+      state, g_metrics = self.g_step(state, batch)
+      metrics = {**metrics, **g_metrics}
+    return state, metrics
+
+
+# Jitted functions by (camstyle config, sizes, devices): a second train() or generate() in one
+# process (a resumed stage, a notebook re-run, the tests) reuses the compiled code.
+_COMPILED: dict = {}
+
+
+def _cache_key(config, *rest, mesh) -> tuple:
+  return (config.camstyle.to_json(), *rest, tuple(d.id for d in mesh.devices.flat))
+
+
+def make_train_step(config: ml_collections.ConfigDict, num_cameras: int, total_iters: int,
+                    decay_iters: int, mesh) -> TrainStep:
+  """The StarGAN iteration over `mesh`: batch sharded on 'data', state replicated and donated."""
+  key = _cache_key(config, 'train', num_cameras, total_iters, decay_iters, mesh=mesh)
+  if key not in _COMPILED:
+    _COMPILED[key] = _make_train_step(config, num_cameras, total_iters, decay_iters, mesh)
+  return _COMPILED[key]
+
+
+def _make_train_step(config, num_cameras, total_iters, decay_iters, mesh) -> TrainStep:
+  c = config.camstyle
+  g, d = stargan.build(c, num_cameras)
+  tx = _adam(c)
+
+  def d_loss_fn(d_params, g_params, x, c_org, c_trg, key):
+    src_real, cls_real = d.apply({'params': d_params}, x)
+    x_fake = jax.lax.stop_gradient(g.apply({'params': g_params}, x, jax.nn.one_hot(c_trg, num_cameras)))
+    src_fake, _ = d.apply({'params': d_params}, x_fake)
+    alpha = jax.random.uniform(key, (x.shape[0], 1, 1, 1))
+    x_hat = alpha * x + (1.0 - alpha) * x_fake
+    grads = jax.grad(lambda xh: d.apply({'params': d_params}, xh)[0].sum())(x_hat)
+    # eps keeps the gradient of the norm finite where the critic's input gradient vanishes.
+    norm = jnp.sqrt(jnp.sum(grads ** 2, axis=(1, 2, 3)) + 1e-12)
+    gp = jnp.mean((norm - 1.0) ** 2)
+    loss_real, loss_fake, loss_cls = -src_real.mean(), src_fake.mean(), _ce(cls_real, c_org)
+    loss = loss_real + loss_fake + c.lambda_cls * loss_cls + c.lambda_gp * gp
+    acc = jnp.mean(jnp.argmax(cls_real, -1) == c_org)
+    return loss, {'d_loss': loss, 'd_real': loss_real, 'd_fake': loss_fake, 'd_cls': loss_cls,
+                  'd_gp': gp, 'd_cls_acc': acc}
+
+  def g_loss_fn(g_params, d_params, x, c_org, c_trg):
+    x_fake = g.apply({'params': g_params}, x, jax.nn.one_hot(c_trg, num_cameras))
+    src_fake, cls_fake = d.apply({'params': d_params}, x_fake)
+    x_rec = g.apply({'params': g_params}, x_fake, jax.nn.one_hot(c_org, num_cameras))
+    loss_fake, loss_cls = -src_fake.mean(), _ce(cls_fake, c_trg)
+    loss_rec = jnp.mean(jnp.abs(x - x_rec))
+    loss = loss_fake + c.lambda_rec * loss_rec + c.lambda_cls * loss_cls
+    acc = jnp.mean(jnp.argmax(cls_fake, -1) == c_trg)
+    return loss, {'g_loss': loss, 'g_fake': loss_fake, 'g_rec': loss_rec, 'g_cls': loss_cls,
+                  'g_cls_acc': acc}
+
+  def apply_adam(params, opt, grads, lr):
+    updates, opt = tx.update(grads, opt, params)
+    return optax.apply_updates(params, jax.tree.map(lambda u: -lr * u, updates)), opt
+
+  def d_step(state: GanState, batch: dict) -> tuple[GanState, dict]:
+    x = to_model_input(batch['image'])
+    key = jax.random.fold_in(state.rng, state.step)
+    lr = learning_rate(c.d_lr, state.step, total_iters, decay_iters)
+    grads, metrics = jax.grad(d_loss_fn, has_aux=True)(
+        state.d_params, state.g_params, x, batch['camid'], batch['target'], key)
+    d_params, d_opt = apply_adam(state.d_params, state.d_opt, grads, lr)
+    return state.replace(d_params=d_params, d_opt=d_opt, step=state.step + 1), {**metrics, 'lr': lr}
+
+  def g_step(state: GanState, batch: dict) -> tuple[GanState, dict]:
+    # After d_step: state.step - 1 is this iteration, and G sees the D just updated (StarGAN).
+    x = to_model_input(batch['image'])
+    lr = learning_rate(c.g_lr, state.step - 1, total_iters, decay_iters)
+    grads, metrics = jax.grad(g_loss_fn, has_aux=True)(
+        state.g_params, state.d_params, x, batch['camid'], batch['target'])
+    g_params, g_opt = apply_adam(state.g_params, state.g_opt, grads, lr)
+    return state.replace(g_params=g_params, g_opt=g_opt), metrics
+
+  repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  jit = lambda f: jax.jit(f, in_shardings=(repl, data), out_shardings=(repl, repl),
+                          donate_argnums=0)
+  return TrainStep(jit(d_step), jit(g_step), c.n_critic)
+
+
+def make_translate(config: ml_collections.ConfigDict, num_cameras: int, mesh):
+  """Jitted (g_params, uint8 images, target cameras) -> uint8 fakes, batch sharded on 'data'."""
+  key = _cache_key(config, 'translate', num_cameras, mesh=mesh)
+  if key not in _COMPILED:
+    _COMPILED[key] = _make_translate(config, num_cameras, mesh)
+  return _COMPILED[key]
+
+
+def _make_translate(config, num_cameras, mesh):
+  g, _ = stargan.build(config.camstyle, num_cameras)
+
+  def translate(g_params, images, targets):
+    out = g.apply({'params': g_params}, to_model_input(images), jax.nn.one_hot(targets, num_cameras))
+    return to_uint8(out)
+
+  repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
+  return jax.jit(translate, in_shardings=(repl, data, data), out_shardings=data)
+
+
+# ------------------------------------------------------------------ data
+
+
+def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+  """Bilinear resize of a uint8 HxWx3 image (torchvision Resize on PIL images)."""
+  if image.shape[:2] == (height, width):
+    return image
+  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
+
+
+def _checked_image(get_image: Callable[[int], np.ndarray], i: int) -> np.ndarray:
+  im = np.asarray(get_image(int(i)))
+  if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+    raise ValueError(f'training image {i}: expected uint8 HxWx3 RGB, got {im.dtype} {im.shape}')
+  return im
+
+
+def batch_plan(seed: int, step: int, per_epoch: int, num_images: int, c) -> dict:
+  """The global batch of iteration `step`: image indices, crop offsets, flips, target cameras.
+
+  A function of (seed, step) alone, so that any number of devices or hosts, and a resumed run,
+  see the same batches.
+  """
+  epoch, pos = divmod(step, per_epoch)
+  order = np.random.default_rng([seed, _SEED_TAG, epoch]).permutation(num_images)
+  idx = order[pos * c.batch_size:(pos + 1) * c.batch_size]
+  rng = np.random.default_rng([seed, _SEED_TAG, epoch, pos])
+  b = c.batch_size
+  return {'index': idx,
+          'top': rng.integers(0, c.load_height - c.height + 1, b),
+          'left': rng.integers(0, c.load_width - c.width + 1, b),
+          'flip': rng.random(b) < 0.5,
+          'target': rng.integers(0, 1 << 30, b)}
+
+
+def load_batch(get_image, camids: np.ndarray, num_cameras: int, plan: dict, rows: slice, c) -> dict:
+  """This host's rows of a planned batch: resize to load size, crop, flip (HHL's augmentation)."""
+  images = []
+  for j in range(rows.start, rows.stop):
+    im = resize(_checked_image(get_image, plan['index'][j]), c.load_height, c.load_width)
+    t, l = plan['top'][j], plan['left'][j]
+    im = im[t:t + c.height, l:l + c.width]
+    images.append(im[:, ::-1] if plan['flip'][j] else im)
+  idx = plan['index'][rows]
+  return {'image': np.stack(images),
+          'camid': camids[idx].astype(np.int32),
+          'target': (plan['target'][rows] % num_cameras).astype(np.int32)}
+
+
+def batches(get_image, camids, num_cameras, c, seed, start, stop, per_epoch, mesh, threads=2,
+            prefetch=2) -> Iterator[tuple[int, dict]]:
+  """(step, sharded batch) for steps [start, stop), decoded by `threads` threads ahead of use."""
+  rows = parallel.host_slice(c.batch_size, mesh)
+  n = len(camids)
+
+  def load(step):
+    return load_batch(get_image, camids, num_cameras, batch_plan(seed, step, per_epoch, n, c),
+                      rows, c)
+
+  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+    pending = [(s, pool.submit(load, s)) for s in range(start, min(stop, start + prefetch + 1))]
+    nxt = start + len(pending)
+    while pending:
+      step, fut = pending.pop(0)
+      if nxt < stop:
+        pending.append((nxt, pool.submit(load, nxt)))
+        nxt += 1
+      yield step, parallel.shard_batch(fut.result(), mesh)
+
+
+# ------------------------------------------------------------------ samples
+
+
+def sample_indices(camids: np.ndarray, count: int) -> np.ndarray:
+  """`count` images spread over the cameras (round-robin over cameras, first images first)."""
+  per_cam = [np.flatnonzero(camids == k) for k in np.unique(camids)]
+  out, r = [], 0
+  while len(out) < min(count, len(camids)):
+    for ids in per_cam:
+      if r < len(ids) and len(out) < count:
+        out.append(ids[r])
+    r += 1
+  return np.asarray(out, np.int64)
+
+
+def translate_all(translate, g_params, images: np.ndarray, num_cameras: int, mesh) -> np.ndarray:
+  """(n, L, H, W, 3) uint8: every image under every camera (padded to the mesh, host numpy)."""
+  n = len(images)
+  src = np.repeat(images, num_cameras, axis=0)
+  tgt = np.tile(np.arange(num_cameras, dtype=np.int32), n)
+  pad = (-len(src)) % mesh.devices.size
+  if pad:
+    src = np.concatenate([src, np.repeat(src[:1], pad, 0)])
+    tgt = np.concatenate([tgt, np.zeros(pad, np.int32)])
+  out = translate(g_params, *parallel.shard_batch((src, tgt), mesh))
+  return parallel.to_host(out)[:n * num_cameras].reshape(n, num_cameras, *images.shape[1:])
+
+
+def sample_grid(reals: np.ndarray, fakes: np.ndarray, gap: int = 2) -> np.ndarray:
+  """Rows: each real image, then its fakes under cameras 1..L; white gaps, a double one after the
+  real column."""
+  n, l, h, w, _ = fakes.shape
+  x0 = w + 2 * gap  # where the first fake starts
+  grid = np.full((n * (h + gap) - gap, x0 + l * (w + gap) - gap, 3), 255, np.uint8)
+  for r in range(n):
+    y = r * (h + gap)
+    grid[y:y + h, :w] = reals[r]
+    for k in range(l):
+      x = x0 + k * (w + gap)
+      grid[y:y + h, x:x + w] = fakes[r, k]
+  return grid
+
+
+def save_png(path: pathlib.Path, image: np.ndarray) -> None:
+  """Writes a PNG atomically (temp file + rename)."""
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f'.{path.name}.tmp')
+  Image.fromarray(image).save(tmp, format='PNG')
+  os.replace(tmp, path)
+
+
+# ------------------------------------------------------------------ the loop
+
+
+def _place(state: GanState, mesh) -> GanState:
+  return parallel.replicate(state, mesh)
+
+
+def _check_finite(metrics: dict, step: int) -> None:
+  bad = [k for k, v in metrics.items() if not np.isfinite(v)]
+  if bad:
+    raise FloatingPointError(f'camstyle training diverged at iteration {step}: non-finite '
+                             f'{", ".join(bad)}; lower config.camstyle.g_lr / d_lr')
+
+
+def restore_or_init(config, num_cameras: int, ckpt: checkpoint.Checkpointer, mesh) -> GanState:
+  """The last checkpointed state in `ckpt`, or a fresh one; replicated over `mesh`."""
+  state = _place(init_state(config, num_cameras), mesh)
+  if ckpt.latest_index() is not None:
+    state = ckpt.restore(state)
+  return state
+
+
+def train(config: ml_collections.ConfigDict, split, workdir, mesh,
+          stop_after: int | None = None) -> dict:
+  """Trains (or resumes) the StarGAN on `split`'s images and camera ids; returns a summary.
+
+  Writes checkpoints under WORKDIR/checkpoints, losses to WORKDIR/metrics.jsonl and sample grids
+  to WORKDIR/samples. `stop_after` ends early after that many iterations (as if killed).
+  """
+  c = config.camstyle
+  workdir = pathlib.Path(workdir)
+  num_cameras, camids = int(split.num_cameras), np.asarray(split.camids, np.int32)
+  check_config(c, num_cameras, len(camids))
+  parallel.check_batch_size(c.batch_size, mesh, 'config.camstyle.batch_size')
+  total, per_epoch, decay = iterations(c, len(camids))
+  ckpt = checkpoint.Checkpointer(workdir / 'checkpoints', max_to_keep=config.checkpoint.max_to_keep)
+  state = restore_or_init(config, num_cameras, ckpt, mesh)
+  start = int(state.step)
+  stop = total if stop_after is None else min(total, start + stop_after)
+  step_fn = make_train_step(config, num_cameras, total, decay, mesh)
+  translate = make_translate(config, num_cameras, mesh)
+  show = sample_indices(camids, c.sample_images)
+  show_images = np.stack([resize(_checked_image(split.image, i), c.height, c.width) for i in show])
+  writer = records.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+  last_g, host = {}, {}
+  bar = tqdm(total=total, initial=start, desc='camstyle', unit='it',
+             disable=not sys.stderr.isatty(), dynamic_ncols=True)
+  try:
+    for it, batch in batches(split.image, camids, num_cameras, c, config.seed, start, stop,
+                             per_epoch, mesh, config.data.decode_threads, config.data.prefetch):
+      state, metrics = step_fn(state, batch, it)
+      done = it + 1
+      # Fetching metrics waits for the device, so only now and then (G's are those of the last
+      # G update seen; with log_every a multiple of n_critic, of this very step).
+      if done % c.log_every == 0 or done == stop:
+        host = {k: float(v) for k, v in parallel.to_host(metrics).items()}
+        last_g = {k: v for k, v in host.items() if k.startswith('g_')} or last_g
+        host = {k: v for k, v in host.items() if not k.startswith('g_')}
+        _check_finite({**host, **last_g}, done)
+        writer.write(done, {**host, **last_g}, prefix='camstyle/')
+        bar.set_postfix({k: f'{v:.3g}' for k, v in {**host, **last_g}.items()
+                         if k in ('d_loss', 'd_gp', 'd_cls_acc', 'g_rec', 'g_cls_acc')})
+      bar.update(1)
+      if done % c.checkpoint_every == 0 or done == stop:
+        ckpt.save(done, state, {'step': done, 'total_iters': total})
+      if (done % c.sample_every == 0 or done == total) and jax.process_index() == 0:
+        fakes = translate_all(translate, state.g_params, show_images, num_cameras, mesh)
+        save_png(workdir / 'samples' / f'step_{done:07d}.png', sample_grid(show_images, fakes))
+  finally:
+    bar.close()
+    writer.close()
+    ckpt.close()
+  return {'iters': int(state.step), 'total_iters': total, 'iters_per_epoch': per_epoch,
+          **{k: v for k, v in {**host, **last_g}.items() }}
+
+
+def load_generator(config: ml_collections.ConfigDict, num_cameras: int, workdir, mesh) -> Any:
+  """The trained generator's params from the last checkpoint under WORKDIR/checkpoints."""
+  directory = pathlib.Path(workdir) / 'checkpoints'
+  ckpt = checkpoint.Checkpointer(directory, max_to_keep=config.checkpoint.max_to_keep)
+  try:
+    if ckpt.latest_index() is None:
+      raise FileNotFoundError(f'{directory}: no StarGAN checkpoint; train the camstyle stage first')
+    return restore_or_init(config, num_cameras, ckpt, mesh).g_params
+  finally:
+    ckpt.close()
