@@ -1,4 +1,4 @@
-"""Benchmark: one exact merge step vs the bare matmul of the same shapes and a full-matrix reference.
+"""Benchmark: one exact merge step vs the bare matmul of the same shapes and a full-matrix reference
 
   python -m jaxreid.benchmarks.merge            # Market-1501 scale: N = 12,936, L = 6, d = 2048
   python -m jaxreid.benchmarks.merge --small    # N = 2,000, L = 6, d = 256: a few seconds
@@ -191,6 +191,7 @@ def _gb(x: float) -> str:
 
 
 def main(argv=None) -> None:
+  """Parses the command line; runs one worker, or all of them and prints the comparison."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--small', action='store_true', help='N = 2,000, d = 256: a few seconds')
   p.add_argument('--msmt', action='store_true', help='MSMT17 scale; the reference is skipped')

@@ -53,7 +53,7 @@ _BLOCK_SPLIT = 8
 
 
 def block_rows(num_images: int, block_size: int) -> int:
-  """Rows per device block: `block_size`, smaller for small N; a function of N and block_size only."""
+  """Rows per device block: `block_size`, less for small N; depends on N and block_size only."""
   per_split = -(-num_images // _BLOCK_SPLIT)
   return max(_ROW_ALIGN, min(int(block_size), -(-per_split // _ROW_ALIGN) * _ROW_ALIGN))
 

@@ -95,7 +95,7 @@ def walk(values: np.ndarray, rows: np.ndarray, columns: np.ndarray, cluster: np.
 
 def _check_inputs(features, fake_features, labels, num_to_merge, size_penalty, topk, block_size,
                   matmul_dtype):
-  """Validated float32 features/fakes and int labels; one clear line for anything a user got wrong."""
+  """Validated float32 features/fakes and int labels; one clear line for any user mistake."""
   features = np.asarray(features)
   if features.ndim != 2 or 0 in features.shape:
     raise ValueError(f'features has shape {features.shape}; expected (num_images, feature_dim), '
