@@ -1,11 +1,10 @@
-"""The optimiser, schedule, state resets, non-finite stop and device-count invariance of training."""
+"""Optimiser, schedule, state resets, non-finite stop and device-count invariance of training."""
 
 import pathlib
 import re
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -83,7 +82,8 @@ def toy_state(mesh, num_classes=5, lr=0.1):
   _, opt_state = tx.update(params, tx.init(params), params)   # non-zero momentum
   return parallel.replicate(train.TrainState(
       params=params, batch_stats={}, opt_state=opt_state,
-      table=jnp.ones((num_classes, 16)), step=jnp.int32(7), rng=jnp.zeros(2, jnp.uint32)), mesh), cfg
+      table=jnp.ones((num_classes, 16)), step=jnp.int32(7), rng=jnp.zeros(2, jnp.uint32)),
+      mesh), cfg
 
 
 def test_reset_for_new_labels_zeroes_table_at_new_size_and_restarts_optimiser():

@@ -1,4 +1,4 @@
-"""The lookup table V (one row per cluster) and the repelled loss of the paper (BUC's exclusive loss).
+"""The lookup table V (a row per cluster) and the paper's repelled loss (BUC's exclusive loss).
 
 Pure functions: `loss` uses V as it was before the batch (V is not a learned parameter), `update`
 then folds the batch into V sample by sample in batch order, V[y] <- normalise((V[y] + x) / 2).

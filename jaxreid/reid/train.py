@@ -68,7 +68,7 @@ def make_optimizer(train_config: ml_collections.ConfigDict, lr: float | None = N
 
 
 def learning_rate(train_config: ml_collections.ConfigDict, merge_step: int, epoch: int) -> float:
-  """Step 0: step0_lr, times lr_decay_factor from epoch step0_lr_decay_epoch; later steps: later_lr."""
+  """Step 0: step0_lr, x lr_decay_factor from epoch step0_lr_decay_epoch on; later: later_lr."""
   if merge_step > 0:
     return float(train_config.later_lr)
   decayed = epoch >= train_config.step0_lr_decay_epoch
@@ -122,7 +122,7 @@ def _check_num_classes(num_classes: int) -> None:
 
 def reset_for_new_labels(state: TrainState, num_classes: int, config: ml_collections.ConfigDict,
                          lr: float) -> TrainState:
-  """After a merge: zero table with `num_classes` rows and a fresh optimiser at `lr`; weights kept."""
+  """After a merge: zero table of `num_classes` rows, fresh optimiser at `lr`; weights kept."""
   _check_num_classes(num_classes)
   sharding = _replicated_like(state)
   tx = make_optimizer(config.train, lr)

@@ -145,7 +145,8 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
   try:
     import torch  # pylint: disable=import-outside-toplevel
   except ImportError:
-    raise ConversionError('reading .pth files needs torch: pip install "jaxreid[convert]"') from None
+    raise ConversionError('reading .pth files needs torch: pip install "jaxreid[convert]"'
+                          ) from None
   path = pathlib.Path(path)
   if not path.is_file():
     raise ConversionError(f'{path}: no such file; expected a torchvision .pth checkpoint')
