@@ -92,19 +92,35 @@ def learning_rate(base_lr: float, step, total: int, decay: int):
 
 # ------------------------------------------------------------------ state and step
 
+# Jitted functions by (camstyle config, sizes, devices): a second train() or generate() in one
+# process (a resumed stage, a notebook re-run, the tests) reuses the compiled code.
+_COMPILED: dict = {}
+
 
 def init_state(config: ml_collections.ConfigDict, num_cameras: int) -> GanState:
-  """Fresh networks and Adam states from the config seed (host arrays, not yet placed)."""
-  c = config.camstyle
-  g, d = stargan.build(c, num_cameras)
+  """Fresh networks and Adam states from the config seed (on the default device)."""
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed), _SEED_TAG)
-  gk, dk, rng = jax.random.split(key, 3)
-  x = jnp.zeros((1, c.height, c.width, 3), jnp.float32)
-  g_params = g.init(gk, x, jnp.zeros((1, num_cameras), jnp.float32))['params']
-  d_params = d.init(dk, x)['params']
-  tx = _adam(c)
-  return GanState(g_params=g_params, d_params=d_params, g_opt=tx.init(g_params),
-                  d_opt=tx.init(d_params), step=jnp.zeros((), jnp.int32), rng=rng)
+  return _init_fn(config, num_cameras)(key)
+
+
+def _init_fn(config, num_cameras):
+  """key -> GanState, jitted (one compile instead of one per layer op) and cached."""
+  cache_key = (config.camstyle.to_json(), 'init', num_cameras)
+  if cache_key not in _COMPILED:
+    c = config.camstyle
+    g, d = stargan.build(c, num_cameras)
+    tx = _adam(c)
+
+    def init(key):
+      gk, dk, rng = jax.random.split(key, 3)
+      x = jnp.zeros((1, c.height, c.width, 3), jnp.float32)
+      g_params = g.init(gk, x, jnp.zeros((1, num_cameras), jnp.float32))['params']
+      d_params = d.init(dk, x)['params']
+      return GanState(g_params=g_params, d_params=d_params, g_opt=tx.init(g_params),
+                      d_opt=tx.init(d_params), step=jnp.zeros((), jnp.int32), rng=rng)
+
+    _COMPILED[cache_key] = jax.jit(init)
+  return _COMPILED[cache_key]
 
 
 def _adam(c) -> optax.GradientTransformation:
@@ -144,11 +160,6 @@ class TrainStep:
       state, g_metrics = self.g_step(state, batch)
       metrics = {**metrics, **g_metrics}
     return state, metrics
-
-
-# Jitted functions by (camstyle config, sizes, devices): a second train() or generate() in one
-# process (a resumed stage, a notebook re-run, the tests) reuses the compiled code.
-_COMPILED: dict = {}
 
 
 def _cache_key(config, *rest, mesh) -> tuple:
@@ -380,10 +391,12 @@ def _check_finite(metrics: dict, step: int) -> None:
 
 def restore_or_init(config, num_cameras: int, ckpt: checkpoint.Checkpointer, mesh) -> GanState:
   """The last checkpointed state in `ckpt`, or a fresh one; replicated over `mesh`."""
-  state = _place(init_state(config, num_cameras), mesh)
-  if ckpt.latest_index() is not None:
-    state = ckpt.restore(state)
-  return state
+  if ckpt.latest_index() is None:
+    return _place(init_state(config, num_cameras), mesh)
+  abstract = jax.eval_shape(lambda: init_state(config, num_cameras))
+  repl = parallel.replicated(mesh)
+  return ckpt.restore(abstract, sharding_fn=lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), tree))
 
 
 def train(config: ml_collections.ConfigDict, split, workdir, mesh,
