@@ -57,6 +57,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.5
   c.model.init_checkpoint = ''   # msgpack written by jaxreid.tools.convert_torchvision
   c.model.dtype = 'float32'      # compute dtype: float32 | bfloat16
+  # Convolutions: auto (patches + matmul on CPU where XLA:CPU's convolution is slow, native
+  # elsewhere and on accelerators) | native (flax.linen.Conv) | matmul (everywhere).
+  c.model.conv = 'auto'
 
   # Lookup table + repelled loss.
   c.memory = ml_collections.ConfigDict()

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxreid.reid import resnet
+from jaxreid.reid import fast_conv, resnet
 
 # BUC: Linear with kaiming_normal_(mode='fan_out') (gain sqrt(2)), bias 0.
 head_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -53,8 +53,11 @@ class ReidNet(nn.Module):
     return {'feature': l2_normalize(pooled), 'embedding': e}
 
 
-def build_model(model_config: ml_collections.ConfigDict, conv: Any = nn.Conv) -> ReidNet:
-  """The ReidNet described by `config.model`; one-line errors for unusable values."""
+def build_model(model_config: ml_collections.ConfigDict, conv: Any = None) -> ReidNet:
+  """The ReidNet described by `config.model`; one-line errors for unusable values.
+
+  `conv` overrides the convolution module chosen by `config.model.conv`.
+  """
   resnet.arch_spec(model_config.arch)
   if model_config.dtype not in _DTYPES:
     raise ValueError(f'config.model.dtype={model_config.dtype!r}: expected one of '
@@ -65,7 +68,8 @@ def build_model(model_config: ml_collections.ConfigDict, conv: Any = nn.Conv) ->
     raise ValueError(f'config.model.dropout={model_config.dropout!r}: expected a value in [0, 1)')
   return ReidNet(arch=model_config.arch, embedding_dim=model_config.embedding_dim,
                  dropout=model_config.dropout, last_stride=model_config.last_stride,
-                 dtype=_DTYPES[model_config.dtype], conv=conv)
+                 dtype=_DTYPES[model_config.dtype],
+                 conv=conv or fast_conv.conv_module(model_config.get('conv', 'auto')))
 
 
 def key_data(rng: jax.Array) -> jax.Array:
