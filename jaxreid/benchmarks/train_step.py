@@ -8,7 +8,7 @@ Ours: jaxreid.reid.train.make_train_step (forward, repelled loss, backward, SGD,
 a one-device mesh, once with config.model.conv='native' (flax.linen.Conv everywhere: the
 baseline) and once with the configured 'auto' choice. Torch (when installed): the same ResNet,
 head, loss and nesterov SGD step written here, same batch and input size, measured in the same
-run. Each configuration prints images/s of each and `ratio <ours auto / torch>` (>= 1: ours is
+run, the steps of all three taken in turns. Each configuration prints images/s of each and `ratio <ours auto / torch>` (>= 1: ours is
 faster). The machine's load moves all numbers together; the ratio is the figure to read.
 """
 
@@ -46,21 +46,19 @@ def _batches(n: int, batch: int, height: int, width: int, seed: int = 0):
            'label': rng.integers(0, NUM_CLASSES, batch).astype(np.int32)} for _ in range(n)]
 
 
-def time_ours(cfg, steps: int) -> float:
-  """Images/s of our train step after one compiling step."""
+def ours_runner(cfg, steps: int):
+  """A callable running one of `steps` distinct batches through our train step (blocking)."""
   mesh = parallel.make_mesh(jax.devices()[:1])
-  state = train.create_train_state(cfg, NUM_CLASSES, jax.random.key(0), mesh)
-  state = train.with_learning_rate(state, 0.01)
+  box = [train.with_learning_rate(
+      train.create_train_state(cfg, NUM_CLASSES, jax.random.key(0), mesh), 0.01)]
   step = train.make_train_step(cfg, mesh)
   batches = [parallel.shard_batch(b, mesh) for b in
-             _batches(steps + 1, cfg.train.batch_size, cfg.data.height, cfg.data.width)]
-  state, m = step(state, batches[0])
-  jax.block_until_ready(m)
-  start = time.perf_counter()
-  for b in batches[1:]:
-    state, m = step(state, b)
-  jax.block_until_ready((state, m))
-  return steps * cfg.train.batch_size / (time.perf_counter() - start)
+             _batches(steps, cfg.train.batch_size, cfg.data.height, cfg.data.width)]
+
+  def run(i: int) -> None:
+    box[0], m = step(box[0], batches[i % steps])   # the step donates its state
+    jax.block_until_ready((box[0], m))
+  return run
 
 
 def torch_net(torch, arch: str, embedding_dim: int):
@@ -113,15 +111,15 @@ def torch_net(torch, arch: str, embedding_dim: int):
   return Net()
 
 
-def time_torch(torch, cfg, steps: int) -> float:
-  """Images/s of the same step in PyTorch: forward, table loss, backward, nesterov SGD."""
+def torch_runner(torch, cfg, steps: int):
+  """The same step in PyTorch (forward, table loss, backward, nesterov SGD) as a callable."""
   net = torch_net(torch, cfg.model.arch, cfg.model.embedding_dim).train()
   opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
                         nesterov=True)
   table = torch.zeros(NUM_CLASSES, cfg.model.embedding_dim)
   mean = torch.tensor(cfg.data.mean).view(1, 3, 1, 1)
   std = torch.tensor(cfg.data.std).view(1, 3, 1, 1)
-  batches = _batches(steps + 1, cfg.train.batch_size, cfg.data.height, cfg.data.width)
+  batches = _batches(steps, cfg.train.batch_size, cfg.data.height, cfg.data.width)
 
   def step(b):
     x = (torch.from_numpy(b['image']).permute(0, 3, 1, 2).float() / 255 - mean) / std
@@ -135,11 +133,7 @@ def time_torch(torch, cfg, steps: int) -> float:
       table[y] = e.detach()
     return float(loss.detach())
 
-  step(batches[0])
-  start = time.perf_counter()
-  for b in batches[1:]:
-    step(b)
-  return steps * cfg.train.batch_size / (time.perf_counter() - start)
+  return lambda i: step(batches[i % steps])
 
 
 def time_layers(batch: int) -> None:
@@ -172,13 +166,27 @@ def time_layers(batch: int) -> None:
           f'matmul {times[1]:.1f} ms, speed-up {times[0] / times[1]:.2f}', flush=True)
 
 
+def measure(runners: dict, steps: int, batch: int) -> dict:
+  """Images/s of each runner: one warm-up (compiling) step, then `steps` steps taken in turns,
+  so that a change in the machine's load hits every runner alike; median step time."""
+  for run in runners.values():
+    run(0)
+  times = {k: [] for k in runners}
+  for i in range(steps):
+    for k, run in runners.items():
+      start = time.perf_counter()
+      run(i + 1)
+      times[k].append(time.perf_counter() - start)
+  return {k: batch / float(np.median(t)) for k, t in times.items()}
+
+
 def main(argv=None) -> None:
   """Runs the benchmark and prints images/s and `ratio <x>` per configuration."""
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument('--quick', action='store_true', help='ResNet-18 at 128x64 only, 2 timed steps')
+  p.add_argument('--quick', action='store_true', help='ResNet-18 at 128x64 only, 3 timed steps')
   p.add_argument('--layers', action='store_true', help='time each convolution shape instead')
   p.add_argument('--batch', type=int, default=16)
-  p.add_argument('--steps', type=int, default=None, help='timed steps (default 2 quick, 4 full)')
+  p.add_argument('--steps', type=int, default=None, help='timed steps (default 3 quick, 5 full)')
   p.add_argument('--conv', default='auto', choices=fast_conv.CONV_MODES,
                  help='our convolution mode compared with torch (native is always measured too)')
   args = p.parse_args(argv)
@@ -189,23 +197,24 @@ def main(argv=None) -> None:
     import torch
   except ImportError:
     torch = None
-  steps = args.steps or (2 if args.quick else 4)
+  steps = args.steps or (3 if args.quick else 5)
   configs = CONFIGS[:1] if args.quick else CONFIGS
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, '
-        f'{steps} timed steps' + (f', torch {torch.__version__}' if torch else ', no torch'))
+        f'median of {steps} timed steps, interleaved'
+        + (f', torch {torch.__version__}' if torch else ', no torch'))
   for arch, h, w in configs:
-    cfg = bench_config(arch, h, w, args.batch, args.conv)
-    ours = {mode: time_ours(bench_config(arch, h, w, args.batch, mode), steps)
-            for mode in dict.fromkeys(('native', args.conv))}
-    line = (f'{arch} {h}x{w}: ours native {ours["native"]:.2f} img/s, '
-            f'ours {args.conv} {ours[args.conv]:.2f} img/s')
+    runners = {f'ours {mode}': ours_runner(bench_config(arch, h, w, args.batch, mode), steps)
+               for mode in dict.fromkeys(('native', args.conv))}
     if torch is not None:
-      theirs = time_torch(torch, cfg, steps)
-      print(f'{line}, torch {theirs:.2f} img/s', flush=True)
-      print(f'ratio {ours[args.conv] / theirs:.2f}', flush=True)
+      runners['torch'] = torch_runner(torch, bench_config(arch, h, w, args.batch, args.conv),
+                                      steps)
+    rate = measure(runners, steps, args.batch)
+    print(f'{arch} {h}x{w}: ' + ', '.join(f'{k} {v:.2f} img/s' for k, v in rate.items()),
+          flush=True)
+    if torch is not None:
+      print(f'ratio {rate[f"ours {args.conv}"] / rate["torch"]:.2f}', flush=True)
     else:
-      print(line + ' (torch not installed: no ratio)', flush=True)
-
+      print('(torch not installed: no ratio)', flush=True)
 
 if __name__ == '__main__':
   main()
