@@ -8,22 +8,31 @@ common = load_sibling(__file__, 'common')
 def get_config():
   c = common.get_config()
   c.data.name = 'synthetic'
-  c.data.height = 128
-  c.data.width = 64
+  # The images are drawn at 128x64; the networks see them at 64x32 so that every stage fits the
+  # main job's budget of about 15 minutes on 2 CPU cores.
+  c.synthetic.num_train_ids = 100
+  c.synthetic.num_test_ids = 50
+  c.synthetic.images_per_id = 6
+  c.data.height = 64
+  c.data.width = 32
   c.model.arch = 'tiny'
   c.model.embedding_dim = 128
   c.train.batch_size = 32
-  c.camstyle.height = 128
-  c.camstyle.width = 64
-  c.camstyle.load_height = 144
-  c.camstyle.load_width = 72
+  c.train.step0_epochs = 10
+  c.train.step0_lr_decay_epoch = 8
+  c.cluster.merge_percent = 0.1   # 8 merging steps instead of 18
+  c.camstyle.height = 64
+  c.camstyle.width = 32
+  c.camstyle.load_height = 72
+  c.camstyle.load_width = 36
   c.camstyle.g_conv_dim = 16
   c.camstyle.g_repeat_num = 2
   c.camstyle.d_conv_dim = 16
-  c.camstyle.d_repeat_num = 5
+  c.camstyle.d_repeat_num = 4     # 64x32 / 2^4 -> a (4, 2) camera-classifier kernel, as at 256x128
   c.camstyle.batch_size = 16
-  c.camstyle.num_epochs = 10
-  c.camstyle.decay_epochs = 5
+  c.camstyle.num_iters = 1000
+  c.camstyle.num_epochs = 10      # (unused while num_iters > 0)
+  c.camstyle.decay_epochs = 5     # linear decay over the second half
   c.eval.batch_size = 256
   c.validation.name = 'synthetic_val'  # a second synthetic set from another seed
   return c
