@@ -1,4 +1,4 @@
-"""The matmul convolution: same parameters, outputs and gradients as the native one; 'auto' choice."""
+"""The matmul convolution: same parameters, outputs and gradients as the native one; 'auto'."""
 
 import pathlib
 

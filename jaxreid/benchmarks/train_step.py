@@ -3,18 +3,21 @@
   python -m jaxreid.benchmarks.train_step            # ResNet-18 and -50 at 128x64 and 256x128
   python -m jaxreid.benchmarks.train_step --quick    # ResNet-18 at 128x64, fewer steps (~1 min)
   python -m jaxreid.benchmarks.train_step --layers   # forward + backward time of each conv shape
+  python -m jaxreid.benchmarks.train_step --quick --single-thread   # steadier under load
 
 Ours: jaxreid.reid.train.make_train_step (forward, repelled loss, backward, SGD, table update) on
 a one-device mesh, once with config.model.conv='native' (flax.linen.Conv everywhere: the
 baseline) and once with the configured 'auto' choice. Torch (when installed): the same ResNet,
 head, loss and nesterov SGD step written here, same batch and input size, measured in the same
-run, the steps of all three taken in turns. Each configuration prints images/s of each and `ratio <ours auto / torch>` (>= 1: ours is
-faster). The machine's load moves all numbers together; the ratio is the figure to read.
+run, the steps of all three taken in turns. Each configuration prints images/s of each and
+`ratio <ours auto / torch>` (>= 1: ours is faster). The machine's load moves all numbers; the
+ratio, taken in turns, is the figure to read (torch's threads suffer most on a loaded machine).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 import time
 
@@ -189,7 +192,13 @@ def main(argv=None) -> None:
   p.add_argument('--steps', type=int, default=None, help='timed steps (default 3 quick, 5 full)')
   p.add_argument('--conv', default='auto', choices=fast_conv.CONV_MODES,
                  help='our convolution mode compared with torch (native is always measured too)')
+  p.add_argument('--single-thread', action='store_true',
+                 help='one thread for XLA and torch: steadier numbers on a loaded machine')
   args = p.parse_args(argv)
+  if args.single_thread:
+    # Read when the CPU backend starts, which is at the first device query below.
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen='
+                               'false intra_op_parallelism_threads=1').strip()
   if args.layers:
     time_layers(args.batch)
     return
@@ -197,10 +206,13 @@ def main(argv=None) -> None:
     import torch
   except ImportError:
     torch = None
+  if torch is not None and args.single_thread:
+    torch.set_num_threads(1)
   steps = args.steps or (3 if args.quick else 5)
   configs = CONFIGS[:1] if args.quick else CONFIGS
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, '
         f'median of {steps} timed steps, interleaved'
+        + (', single thread' if args.single_thread else '')
         + (f', torch {torch.__version__}' if torch else ', no torch'))
   for arch, h, w in configs:
     runners = {f'ours {mode}': ours_runner(bench_config(arch, h, w, args.batch, mode), steps)

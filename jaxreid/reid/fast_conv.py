@@ -1,4 +1,4 @@
-"""Convolution as shifted slices plus one matmul, for the layers where XLA:CPU's convolution is slow.
+"""Convolution as shifted slices plus one matmul, for layers where XLA:CPU's convolution is slow.
 
 XLA:CPU runs convolutions on small spatial maps (and their gradients) through a slow generic path:
 a 3x3, 512 -> 512 convolution on a 4x2 map takes about a second per batch while far larger maps
