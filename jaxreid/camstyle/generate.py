@@ -14,10 +14,11 @@ import sys
 import jax
 import ml_collections
 import numpy as np
+from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from jaxreid import parallel
+from jaxreid import checkpoint, parallel
 from jaxreid.camstyle import store as fake_store
 from jaxreid.camstyle import train as camstyle_train
 
@@ -77,6 +78,8 @@ def generate(config: ml_collections.ConfigDict, split, camstyle_dir, fakes_dir, 
   writer = jax.process_index() == 0
   if writer:
     fake_store.write_index(fakes_dir, camids, num_cameras, c.chunk_size, c.fake_format)
+  # Every process must agree on the chunks still to do (each translation is a collective).
+  parallel.barrier('fakes_index')
   g_params = camstyle_train.load_generator(config, num_cameras, camstyle_dir, mesh)
   translate = camstyle_train.make_translate(config, num_cameras, mesh)
   chunks = fake_store.chunk_ranges(len(camids), c.chunk_size)
@@ -101,12 +104,21 @@ def generate(config: ml_collections.ConfigDict, split, camstyle_dir, fakes_dir, 
         encoded = [fake_store.encode(f, c.fake_format, c.jpeg_quality) for f in fakes]
         # Written last: its presence marks the chunk (and its HHL files) done.
         fake_store.write_chunk(fake_store.chunk_path(fakes_dir, k), encoded)
+        checkpoint.durable_write_done()
       bar.update(len(chunks[k]))
   finally:
     bar.close()
+  parallel.barrier('fakes_written')
   store = fake_store.FakeStore.open(fakes_dir)
   summary = {'num_images': len(camids), 'num_fakes': len(camids) * (num_cameras - 1),
              'store_bytes': store.nbytes(), 'chunks_written': len(todo)}
+  if hasattr(split, 'image_bytes'):
+    # The issue's budget: about 1.5x the originals' size times L - 1.
+    original = sum(len(split.image_bytes(i)) for i in range(len(camids)))
+    summary['size_ratio'] = summary['store_bytes'] / max(1, original * (num_cameras - 1))
+    if summary['size_ratio'] > 1.5:
+      logging.warning('fakes store is %.2fx the originals\' size times L - 1 (budget 1.5x); lower '
+                      'config.camstyle.jpeg_quality=%d', summary['size_ratio'], c.jpeg_quality)
   if writer:
     summary['figure'] = str(write_figure(config, split, store, pathlib.Path(camstyle_dir)))
   store.close()
