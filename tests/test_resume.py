@@ -48,7 +48,7 @@ def uninterrupted(tmp_path_factory, cache_env):
 @pytest.mark.slow
 # A tiny run makes 15 durable writes: StarGAN checkpoints 1-3, fakes chunks 4-6, re-ID 7-15
 # (epochs, evaluations, merges). The kill points fall in each stage.
-@pytest.mark.parametrize('kill_after', [2, 5, 8, 12])
+@pytest.mark.parametrize('kill_after', [2, 5, 10])
 def test_killed_run_resumes_bit_identically(tmp_path, cache_env, uninterrupted, kill_after):
   killed = _run(tmp_path, {**cache_env, 'JAXREID_KILL_AFTER_WRITES': str(kill_after)})
   assert killed.returncode == -signal.SIGKILL, (
