@@ -173,6 +173,10 @@ def test_store_size_is_within_budget_of_the_originals(trained, tmp_path, cuhk03_
       super().__init__(len(files))
       self._images = images
 
-  generate.generate(config, Photos(), camstyle_dir, tmp_path / 'f', mesh)
+    def image_bytes(self, i):
+      return files[i].read_bytes()
+
+  summary = generate.generate(config, Photos(), camstyle_dir, tmp_path / 'f', mesh)
   budget = 1.5 * sum(f.stat().st_size for f in files) * (L - 1)
   assert store.FakeStore.open(tmp_path / 'f').nbytes() <= budget
+  assert summary['size_ratio'] <= 1.5

@@ -22,7 +22,7 @@ def _config(**overrides):
   c.height, c.width, c.load_height, c.load_width = 16, 8, 20, 10
   c.g_conv_dim, c.g_repeat_num, c.d_conv_dim, c.d_repeat_num = 2, 1, 2, 2
   c.batch_size, c.n_critic, c.sample_images = 8, 2, 3
-  c.num_epochs, c.decay_epochs = 4, 2
+  c.num_epochs, c.decay_epochs, c.num_iters = 4, 2, -1
   c.log_every = c.checkpoint_every = c.sample_every = 2
   for k, v in overrides.items():
     c[k] = v

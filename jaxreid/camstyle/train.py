@@ -328,15 +328,14 @@ def batches(get_image, camids, num_cameras, c, seed, start, stop, per_epoch, mes
 
 
 def sample_indices(camids: np.ndarray, count: int) -> np.ndarray:
-  """`count` images spread over the cameras (round-robin over cameras, first images first)."""
+  """`count` images spread over the cameras (round-robin) and, within a camera, evenly over its
+  images (so mostly different people)."""
   per_cam = [np.flatnonzero(camids == k) for k in np.unique(camids)]
-  out, r = [], 0
-  while len(out) < min(count, len(camids)):
-    for ids in per_cam:
-      if r < len(ids) and len(out) < count:
-        out.append(ids[r])
-    r += 1
-  return np.asarray(out, np.int64)
+  rounds = -(-min(count, len(camids)) // len(per_cam))
+  picks = [ids[np.unique(np.linspace(0, len(ids) - 1, min(rounds, len(ids))).round().astype(int))]
+           for ids in per_cam]
+  out = [p[r] for r in range(rounds) for p in picks if r < len(p)]
+  return np.asarray(out[:count], np.int64)
 
 
 def translate_all(translate, g_params, images: np.ndarray, num_cameras: int, mesh) -> np.ndarray:
