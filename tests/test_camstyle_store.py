@@ -1,6 +1,7 @@
 """The fakes store: random access by (image, target camera), support sets, resumable generation."""
 
 import pathlib
+import pickle
 
 import numpy as np
 import pytest
@@ -52,6 +53,7 @@ def test_random_access_returns_each_fake_and_support_slots_follow_ascending_came
     s.fake(7, 0)
   assert store.SupportSets(lambda i: reals[i], None, camids).size == 1
   s.close()
+  np.testing.assert_array_equal(pickle.loads(pickle.dumps(s)).fake(5, 1), fakes[5, 1])
 
 
 def test_incomplete_or_foreign_store_is_refused_in_one_line(tmp_path):

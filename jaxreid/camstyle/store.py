@@ -22,7 +22,8 @@ The re-ID side reads a store through
   sets.support_image(i, slot)    slot 0: the real image; slot l >= 1: the fake for the l-th
                                  camera of target_cameras(i)
   sets.slot_camera(i, slot)      the camera that image shows
-Reads use os.pread, so one store may serve several decoding threads at once.
+Reads use os.pread, so one store may serve several decoding threads at once; a pickled store
+(a worker process) reopens its files.
 """
 
 from __future__ import annotations
@@ -194,6 +195,14 @@ class FakeStore:
       self.close()
     except Exception:  # pylint: disable=broad-except
       pass
+
+  def __getstate__(self) -> dict:
+    # Picklable for worker processes: open files and the lock are per process, reopened lazily.
+    return {k: v for k, v in self.__dict__.items() if k not in ('_fds', '_offsets', '_lock')}
+
+  def __setstate__(self, state: dict) -> None:
+    self.__dict__.update(state)
+    self._fds, self._offsets, self._lock = {}, {}, threading.Lock()
 
   def _check(self, i) -> int:
     i = int(i)

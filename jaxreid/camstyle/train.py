@@ -1,9 +1,9 @@
 """WGAN-GP training of the camera-style StarGAN on unlabeled images (camera ids only).
 
-One jitted `train_step(state, batch) -> (state, metrics)` over the mesh: the batch is sharded on
-'data', the state replicated and donated. Each step updates D; every `n_critic`-th step also
-updates G on the same batch (StarGAN's schedule). Everything random is a function of the config
-seed and the iteration, so a killed run resumes from its last Orbax checkpoint to the same result.
+An iteration (`TrainStep`) is a jitted D update and, every `n_critic`-th iteration, a jitted G
+update on the same batch (StarGAN's schedule); both run over the mesh with the batch sharded on
+'data' and the state replicated and donated. Everything random is a function of the config seed
+and the iteration, so a killed run resumes from its last Orbax checkpoint to the same result.
 """
 
 from __future__ import annotations
@@ -347,7 +347,8 @@ def translate_all(translate, g_params, images: np.ndarray, num_cameras: int, mes
   if pad:
     src = np.concatenate([src, np.repeat(src[:1], pad, 0)])
     tgt = np.concatenate([tgt, np.zeros(pad, np.int32)])
-  out = translate(g_params, *parallel.shard_batch((src, tgt), mesh))
+  rows = parallel.host_slice(len(src), mesh)  # each process feeds its own rows
+  out = translate(g_params, *parallel.shard_batch((src[rows], tgt[rows]), mesh))
   return parallel.to_host(out)[:n * num_cameras].reshape(n, num_cameras, *images.shape[1:])
 
 
@@ -377,10 +378,6 @@ def save_png(path: pathlib.Path, image: np.ndarray) -> None:
 # ------------------------------------------------------------------ the loop
 
 
-def _place(state: GanState, mesh) -> GanState:
-  return parallel.replicate(state, mesh)
-
-
 def _check_finite(metrics: dict, step: int) -> None:
   bad = [k for k, v in metrics.items() if not np.isfinite(v)]
   if bad:
@@ -391,7 +388,7 @@ def _check_finite(metrics: dict, step: int) -> None:
 def restore_or_init(config, num_cameras: int, ckpt: checkpoint.Checkpointer, mesh) -> GanState:
   """The last checkpointed state in `ckpt`, or a fresh one; replicated over `mesh`."""
   if ckpt.latest_index() is None:
-    return _place(init_state(config, num_cameras), mesh)
+    return parallel.replicate(init_state(config, num_cameras), mesh)
   abstract = jax.eval_shape(lambda: init_state(config, num_cameras))
   repl = parallel.replicated(mesh)
   return ckpt.restore(abstract, sharding_fn=lambda tree: jax.tree.map(
@@ -403,7 +400,8 @@ def train(config: ml_collections.ConfigDict, split, workdir, mesh,
   """Trains (or resumes) the StarGAN on `split`'s images and camera ids; returns a summary.
 
   Writes checkpoints under WORKDIR/checkpoints, losses to WORKDIR/metrics.jsonl and sample grids
-  to WORKDIR/samples. `stop_after` ends early after that many iterations (as if killed).
+  to WORKDIR/samples. `stop_after` stops (with a checkpoint) after that many more iterations; a
+  later call continues.
   """
   c = config.camstyle
   workdir = pathlib.Path(workdir)
@@ -441,15 +439,17 @@ def train(config: ml_collections.ConfigDict, split, workdir, mesh,
       bar.update(1)
       if done % c.checkpoint_every == 0 or done == stop:
         ckpt.save(done, state, {'step': done, 'total_iters': total})
-      if (done % c.sample_every == 0 or done == total) and jax.process_index() == 0:
+      if done % c.sample_every == 0 or done == total:
+        # Every process joins the (collective) translation; one writes the picture.
         fakes = translate_all(translate, state.g_params, show_images, num_cameras, mesh)
-        save_png(workdir / 'samples' / f'step_{done:07d}.png', sample_grid(show_images, fakes))
+        if jax.process_index() == 0:
+          save_png(workdir / 'samples' / f'step_{done:07d}.png', sample_grid(show_images, fakes))
   finally:
     bar.close()
     writer.close()
     ckpt.close()
   return {'iters': int(state.step), 'total_iters': total, 'iters_per_epoch': per_epoch,
-          **{k: v for k, v in {**host, **last_g}.items() }}
+          **host, **last_g}
 
 
 def load_generator(config: ml_collections.ConfigDict, num_cameras: int, workdir, mesh) -> Any:
