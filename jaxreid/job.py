@@ -45,10 +45,6 @@ class RunPaths:
   def results(self) -> pathlib.Path:
     return self.root / 'results.json'
 
-  @property
-  def figures(self) -> pathlib.Path:
-    return self.root / 'figures'
-
 
 @dataclasses.dataclass
 class DataSets:
