@@ -105,6 +105,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.camstyle.g_repeat_num = 6
   c.camstyle.d_conv_dim = 64
   c.camstyle.d_repeat_num = 6
+  c.camstyle.conv = 'auto'       # auto | native | matmul: as model.conv, for the StarGAN's convs
   c.camstyle.lambda_cls = 1.0
   c.camstyle.lambda_rec = 10.0
   c.camstyle.lambda_gp = 10.0

@@ -3,6 +3,16 @@
 Domains are cameras. Images are NHWC float in [-1, 1]. At the default widths and depths this is
 exactly the reference architecture; the widths and repeat counts are arguments so that a CPU-sized
 variant is the same code.
+
+`conv` ('auto' | 'native' | 'matmul', config.camstyle.conv) picks how each convolution runs, as
+config.model.conv does for the re-ID network (jaxreid.reid.fast_conv). Under 'auto', on CPU, every
+discriminator convolution runs as slices + one matmul: the gradient penalty differentiates D's
+input gradient w.r.t. D's parameters, and XLA:CPU computes those second derivatives of a native
+convolution through a slow generic path (27 s against 2.7 s per batch of 16 for the 128x64,
+64 -> 128 down-convolution at 256x128; 4x on the 64x32 synthetic size). The generator, which
+only needs first derivatives, keeps the native convolution except on small output maps (as
+fast_conv's 'auto'). Accelerators run the native convolution everywhere under 'auto'. The
+parameters are the same in every mode.
 """
 
 from __future__ import annotations
@@ -14,15 +24,59 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreid.reid import fast_conv
+
 # PyTorch's default conv initialisation (uniform, variance 1 / (3 fan_in)), which StarGAN trains with.
 _torch_like_kernel = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
 
 
-def _conv(features: int, kernel: int, name: str) -> nn.Conv:
+# Largest output map (height * width) that 'auto' computes as a matmul in the generator on CPU.
+AUTO_MAX_OUTPUT_PIXELS = fast_conv.AUTO_MAX_OUTPUT_PIXELS
+
+
+def check_conv_mode(mode: str) -> None:
+  """Refuses an unknown config.camstyle.conv (one line)."""
+  if mode not in fast_conv.CONV_MODES:
+    raise ValueError(f'config.camstyle.conv={mode!r}: expected one of {fast_conv.CONV_MODES}')
+
+
+def discriminator_conv_mode(conv: str) -> str:
+  """The mode every discriminator layer runs in: 'auto' means the matmul form on CPU (see top)."""
+  check_conv_mode(conv)
+  if conv == 'auto':
+    return 'matmul' if jax.default_backend() == 'cpu' else 'native'
+  return conv
+
+
+def _convolve(x, kernel, strides, padding, mode: str):
+  """NHWC x HWIO convolution, as a matmul where `mode` picks that for this layer's output map."""
+  check_conv_mode(mode)
+  kernel = kernel.astype(x.dtype)
+  out = fast_conv.output_pixels(x.shape[1:3], kernel.shape[:2], strides, padding)
+  if fast_conv.use_matmul(mode, out, kernel.shape[:2] == (1, 1), AUTO_MAX_OUTPUT_PIXELS):
+    return fast_conv.matmul_conv(x, kernel, strides, padding)
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
+class Conv(nn.Module):
+  """A bias-free stride-1 conv with explicit padding (flax.linen.Conv's `kernel` parameter)."""
+  features: int
+  kernel_size: Sequence[int]
+  padding: Sequence[tuple[int, int]]
+  mode: str = 'auto'
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param('kernel', _torch_like_kernel,
+                        (*self.kernel_size, x.shape[-1], self.features))
+    return _convolve(x, kernel, (1, 1), tuple(self.padding), self.mode)
+
+
+def _conv(features: int, kernel: int, name: str, mode: str) -> Conv:
   """A 'same'-padded, stride-1 conv without bias."""
   pad = kernel // 2
-  return nn.Conv(features, (kernel, kernel), padding=((pad, pad), (pad, pad)), use_bias=False,
-                 kernel_init=_torch_like_kernel, name=name)
+  return Conv(features, (kernel, kernel), ((pad, pad), (pad, pad)), mode, name=name)
 
 
 class DownConv(nn.Module):
@@ -30,15 +84,28 @@ class DownConv(nn.Module):
 
   Same parameters (kernel (4, 4, in, out)) and the same result as the strided conv; every
   convolution left, forward and backward, is stride 1, which XLA runs on its fast path on CPU
-  too (strided convs and their gradients fall back to a slow generic loop there).
+  too (strided convs and their gradients fall back to a slow generic loop there). Where `mode`
+  picks the matmul form for the output map, the strided conv is computed as slices + a matmul.
   """
   features: int
   use_bias: bool = False
+  mode: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
-    b, h, w, c = x.shape
+    _, h, w, c = x.shape
     kernel = self.param('kernel', _torch_like_kernel, (4, 4, c, self.features))
+    check_conv_mode(self.mode)
+    if fast_conv.use_matmul(self.mode, (h // 2) * (w // 2), False, AUTO_MAX_OUTPUT_PIXELS):
+      y = fast_conv.matmul_conv(x, kernel.astype(x.dtype), (2, 2), ((1, 1), (1, 1)))
+    else:
+      y = self._space_to_depth_conv(x, kernel)
+    if self.use_bias:
+      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(y.dtype)
+    return y
+
+  def _space_to_depth_conv(self, x, kernel):
+    b, h, w, c = x.shape
     # One extra zero row / column for odd sizes keeps the 2x2 blocks aligned; its output is cut.
     x = jnp.pad(x, ((0, 0), (1, 1 + h % 2), (1, 1 + w % 2), (0, 0)))
     hp, wp = x.shape[1] // 2, x.shape[2] // 2
@@ -47,10 +114,7 @@ class DownConv(nn.Module):
     k = kernel.reshape(2, 2, 2, 2, c, self.features).transpose(0, 2, 1, 3, 4, 5)
     y = jax.lax.conv_general_dilated(x, k.reshape(2, 2, 4 * c, self.features).astype(x.dtype),
                                      (1, 1), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    y = y[:, :h // 2, :w // 2]
-    if self.use_bias:
-      y = y + self.param('bias', nn.initializers.zeros, (self.features,)).astype(y.dtype)
-    return y
+    return y[:, :h // 2, :w // 2]
 
 
 # For output phase r of a stride-2 transposed conv, which 4x4 kernel row meets the input row at
@@ -65,6 +129,7 @@ class UpConv(nn.Module):
   the four output phases is a 3x3 conv with some taps zero (stride 1 throughout, see DownConv).
   """
   features: int
+  mode: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
@@ -76,8 +141,7 @@ class UpConv(nn.Module):
     kp = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
     k3 = kp[_UP_TAPS][:, :, _UP_TAPS]  # (ry, dy, rx, dx, in, out)
     k3 = k3.transpose(1, 3, 4, 0, 2, 5).reshape(3, 3, c, 4 * o)
-    y = jax.lax.conv_general_dilated(x, k3.astype(x.dtype), (1, 1), ((1, 1), (1, 1)),
-                                     dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = _convolve(x, k3, (1, 1), ((1, 1), (1, 1)), self.mode)
     return y.reshape(b, h, w, 2, 2, o).transpose(0, 1, 3, 2, 4, 5).reshape(b, 2 * h, 2 * w, o)
 
 
@@ -117,12 +181,13 @@ def max_discriminator_depth(height: int, width: int) -> int:
 class ResidualBlock(nn.Module):
   """conv3x3-IN-ReLU-conv3x3-IN with an identity skip and no ReLU after the add."""
   features: int
+  conv: str = 'auto'
 
   @nn.compact
   def __call__(self, x):
-    y = _conv(self.features, 3, name='conv1')(x)
+    y = _conv(self.features, 3, 'conv1', self.conv)(x)
     y = nn.relu(_instance_norm('norm1')(y))
-    y = _conv(self.features, 3, name='conv2')(y)
+    y = _conv(self.features, 3, 'conv2', self.conv)(y)
     return x + _instance_norm('norm2')(y)
 
 
@@ -131,6 +196,7 @@ class Generator(nn.Module):
   num_cameras: int
   conv_dim: int = 64
   repeat_num: int = 6
+  conv: str = 'auto'  # 'auto' | 'native' | 'matmul' (config.camstyle.conv)
 
   @nn.compact
   def __call__(self, images, target_onehot):
@@ -144,18 +210,18 @@ class Generator(nn.Module):
                          (b, h, w, self.num_cameras))
     x = jnp.concatenate([images, c], axis=-1)
     dim = self.conv_dim
-    x = nn.relu(_instance_norm('norm_in')(_conv(dim, 7, name='conv_in')(x)))
+    x = nn.relu(_instance_norm('norm_in')(_conv(dim, 7, 'conv_in', self.conv)(x)))
     for i in range(2):
       dim *= 2
-      x = DownConv(dim, name=f'down{i}')(x)
+      x = DownConv(dim, mode=self.conv, name=f'down{i}')(x)
       x = nn.relu(_instance_norm(f'down{i}_norm')(x))
     for i in range(self.repeat_num):
-      x = ResidualBlock(dim, name=f'res{i}')(x)
+      x = ResidualBlock(dim, self.conv, name=f'res{i}')(x)
     for i in range(2):
       dim //= 2
-      x = UpConv(dim, name=f'up{i}')(x)
+      x = UpConv(dim, self.conv, name=f'up{i}')(x)
       x = nn.relu(_instance_norm(f'up{i}_norm')(x))
-    return jnp.tanh(_conv(3, 7, name='conv_out')(x))
+    return jnp.tanh(_conv(3, 7, 'conv_out', self.conv)(x))
 
 
 class Discriminator(nn.Module):
@@ -165,6 +231,7 @@ class Discriminator(nn.Module):
   image_size: Sequence[int]  # (height, width)
   conv_dim: int = 64
   repeat_num: int = 6
+  conv: str = 'auto'  # 'auto' | 'native' | 'matmul' (config.camstyle.conv)
 
   @nn.compact
   def __call__(self, images):
@@ -173,14 +240,13 @@ class Discriminator(nn.Module):
       raise ValueError(f'discriminator input {images.shape[1]}x{images.shape[2]}: expected the '
                        f'{height}x{width} it was built for')
     check_image_size(height, width, self.repeat_num, what='discriminator')
-    x, dim = images, self.conv_dim
+    x, dim, mode = images, self.conv_dim, discriminator_conv_mode(self.conv)
     for i in range(self.repeat_num):
-      x = nn.leaky_relu(DownConv(dim, use_bias=True, name=f'conv{i}')(x), 0.01)
+      x = nn.leaky_relu(DownConv(dim, True, mode, name=f'conv{i}')(x), 0.01)
       dim *= 2
-    src = _conv(1, 3, name='src')(x)
+    src = _conv(1, 3, 'src', mode)(x)
     kh, kw = discriminator_map_size(height, width, self.repeat_num)
-    cls = nn.Conv(self.num_cameras, (kh, kw), padding='VALID', use_bias=False,
-                  kernel_init=_torch_like_kernel, name='cls')(x)
+    cls = Conv(self.num_cameras, (kh, kw), ((0, 0), (0, 0)), mode, name='cls')(x)
     return src, cls.reshape(cls.shape[0], self.num_cameras)
 
 
@@ -188,7 +254,8 @@ def build(camstyle_config, num_cameras: int) -> tuple[Generator, Discriminator]:
   """The (G, D) pair described by `config.camstyle` for `num_cameras` cameras."""
   c = camstyle_config
   check_image_size(c.height, c.width, c.d_repeat_num)
-  g = Generator(num_cameras, conv_dim=c.g_conv_dim, repeat_num=c.g_repeat_num)
+  check_conv_mode(c.conv)
+  g = Generator(num_cameras, conv_dim=c.g_conv_dim, repeat_num=c.g_repeat_num, conv=c.conv)
   d = Discriminator(num_cameras, (c.height, c.width), conv_dim=c.d_conv_dim,
-                    repeat_num=c.d_repeat_num)
+                    repeat_num=c.d_repeat_num, conv=c.conv)
   return g, d

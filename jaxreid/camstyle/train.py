@@ -70,6 +70,7 @@ def check_config(c: ml_collections.ConfigDict, num_cameras: int, num_images: int
     raise ConfigError(f"config.camstyle.fake_format={c.fake_format!r}: expected 'jpeg' or 'png'")
   try:
     stargan.check_image_size(c.height, c.width, c.d_repeat_num, what='config.camstyle')
+    stargan.check_conv_mode(c.conv)
   except ValueError as e:
     raise ConfigError(str(e)) from None
 
