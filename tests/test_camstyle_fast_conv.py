@@ -68,8 +68,10 @@ def test_discriminator_outputs_gradients_and_gradient_penalty_equal_the_native_o
   _assert_trees_close(pg, gp_grads, 'gradient-penalty gradient')
 
 
-def test_auto_runs_the_whole_discriminator_as_matmuls_on_cpu_only(monkeypatch):
+def test_auto_runs_the_twice_differentiated_discriminator_as_matmuls_on_cpu_only(monkeypatch):
   assert stargan.discriminator_conv_mode('auto') == 'matmul'
+  # Inside the G update (first derivatives only) D picks per layer, as the generator does.
+  assert stargan.discriminator_conv_mode('auto', second_order=False) == 'auto'
   assert stargan.discriminator_conv_mode('native') == 'native'
   monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
   assert stargan.discriminator_conv_mode('auto') == 'native'

@@ -4,6 +4,8 @@
   python -m jaxreid.benchmarks.stargan_step --quick          # 64x32 synthetic only
   python -m jaxreid.benchmarks.stargan_step --layers         # each G / D layer, native vs matmul
   python -m jaxreid.benchmarks.stargan_step --single-thread  # steadier under load
+  python -m jaxreid.benchmarks.stargan_step --no-native      # skip the baseline (minutes per
+                                                             # D step at 256x128)
 
 Ours: jaxreid.camstyle.train.make_train_step (the D update with its gradient penalty, and the G
 update) on a one-device mesh, once with config.camstyle.conv='native' (the baseline) and once with
@@ -51,7 +53,8 @@ def _batches(n: int, c, seed: int = 0) -> list[dict]:
 def ours_runners(config, steps: int) -> tuple:
   """(D step, G step) callables of our train step, each running one of `steps` batches."""
   mesh = parallel.make_mesh(jax.devices()[:1])
-  box = [train.init_state(config, NUM_CAMERAS)]
+  # Replicated over the mesh as train.train holds it (a differently placed state recompiles).
+  box = [jax.device_put(train.init_state(config, NUM_CAMERAS), parallel.replicated(mesh))]
   step = train.make_train_step(config, NUM_CAMERAS, 10**6, 0, mesh)
   batches = [parallel.shard_batch(b, mesh) for b in _batches(steps, config.camstyle)]
 
@@ -163,17 +166,18 @@ def torch_runners(torch, config, steps: int) -> tuple:
 
 
 def measure(runners: dict, steps: int) -> dict:
-  """Median seconds of each (D, G) runner pair: a warm-up (compiling) step, then `steps` steps of
-  every runner taken in turns."""
-  for pair in runners.values():
-    for run in pair:
-      run(0)
+  """Median seconds of each (D, G) runner pair: two warm-up (compiling) steps, then `steps` steps
+  of every runner taken in turns."""
+  for warm_up in range(2):   # the second round runs on the first one's outputs
+    for pair in runners.values():
+      for run in pair:
+        run(warm_up)
   times = {k: ([], []) for k in runners}
   for i in range(steps):
     for k, pair in runners.items():
       for run, t in zip(pair, times[k]):
         start = time.perf_counter()
-        run(i + 1)
+        run(i + 2)
         t.append(time.perf_counter() - start)
   return {k: tuple(float(np.median(t)) for t in ts) for k, ts in times.items()}
 
@@ -237,10 +241,11 @@ def time_layers(names: list[str]) -> None:
           in_grad = lambda v, x, m=m: jax.grad(lambda x: jnp.sum(m.apply(v, x) ** 2))(x)
           gp = jax.jit(jax.grad(lambda v, x: jnp.sum(in_grad(v, x) ** 2)))
           row.append(_seconds(gp, v, x))
-      text = f'fwd+bwd native {row[0] * 1e3:.1f} ms, matmul {row[-2 if len(row) > 2 else 1] * 1e3:.1f} ms'
-      if len(row) > 2:
-        text = (f'fwd+bwd native {row[0] * 1e3:.1f} ms, matmul {row[2] * 1e3:.1f} ms; '
-                f'GP 2nd order native {row[1] * 1e3:.1f} ms, matmul {row[3] * 1e3:.1f} ms')
+      ms = [t * 1e3 for t in row]   # native (fwd+bwd[, GP]), then matmul (the same)
+      half = len(ms) // 2
+      text = f'fwd+bwd native {ms[0]:.1f} ms, matmul {ms[half]:.1f} ms'
+      if half == 2:
+        text += f'; GP 2nd order native {ms[1]:.1f} ms, matmul {ms[3]:.1f} ms'
       print(f'  {label}: {text}', flush=True)
 
 
@@ -251,6 +256,7 @@ def main(argv=None) -> None:
   p.add_argument('--layers', action='store_true', help='time each G / D layer instead')
   p.add_argument('--steps', type=int, default=None, help='timed steps (default 3 quick, 5 full)')
   p.add_argument('--no-torch', action='store_true', help='skip the PyTorch runner')
+  p.add_argument('--no-native', action='store_true', help="skip the conv='native' runner")
   p.add_argument('--single-thread', action='store_true',
                  help='one thread for XLA and torch: steadier numbers on a loaded machine')
   args = p.parse_args(argv)
@@ -275,7 +281,8 @@ def main(argv=None) -> None:
         'interleaved' + (', single thread' if args.single_thread else '')
         + (f', torch {torch.__version__}' if torch else ', no torch'))
   for name in names:
-    runners = {f'ours {m}': ours_runners(bench_config(name, m), steps) for m in ('native', 'auto')}
+    modes = ('auto',) if args.no_native else ('native', 'auto')
+    runners = {f'ours {m}': ours_runners(bench_config(name, m), steps) for m in modes}
     c = bench_config(name, 'auto').camstyle
     if torch is not None:
       torch.manual_seed(0)
@@ -285,7 +292,8 @@ def main(argv=None) -> None:
     print(f'{name} {c.height}x{c.width} batch {c.batch_size} n_critic {c.n_critic}: ' + ', '.join(
         f'{k} D {d * 1e3:.0f} ms G {g * 1e3:.0f} ms {rate[k]:.2f} it/s'
         for k, (d, g) in secs.items()), flush=True)
-    print(f'ratio {rate["ours auto"] / rate["ours native"]:.2f}', flush=True)
+    if not args.no_native:
+      print(f'ratio {rate["ours auto"] / rate["ours native"]:.2f}', flush=True)
     if torch is not None:
       print(f'torch ratio {rate["ours auto"] / rate["torch"]:.2f}', flush=True)
 

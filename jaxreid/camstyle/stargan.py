@@ -6,13 +6,15 @@ variant is the same code.
 
 `conv` ('auto' | 'native' | 'matmul', config.camstyle.conv) picks how each convolution runs, as
 config.model.conv does for the re-ID network (jaxreid.reid.fast_conv). Under 'auto', on CPU, every
-discriminator convolution runs as slices + one matmul: the gradient penalty differentiates D's
-input gradient w.r.t. D's parameters, and XLA:CPU computes those second derivatives of a native
-convolution through a slow generic path (27 s against 2.7 s per batch of 16 for the 128x64,
-64 -> 128 down-convolution at 256x128; 4x on the 64x32 synthetic size). The generator, which
-only needs first derivatives, keeps the native convolution except on small output maps (as
-fast_conv's 'auto'). Accelerators run the native convolution everywhere under 'auto'. The
-parameters are the same in every mode.
+convolution of the discriminator in the D update runs as slices + one matmul: the gradient
+penalty differentiates D's input gradient w.r.t. D's parameters, and XLA:CPU computes those
+second derivatives of a native convolution through a slow generic path (27 s against 2.7 s per
+batch of 16 for the 128x64, 64 -> 128 down-convolution at 256x128; 4x on the 64x32 synthetic
+size). Where only first derivatives are taken (the generator, and D inside the G update:
+`second_order=False`) 'auto' keeps the native convolution except on small output maps, as
+fast_conv's 'auto' (the matmul form of the large-map layers made the G update 15% slower there).
+Accelerators run the native convolution everywhere under 'auto'. The parameters are the same in
+every mode.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ def check_conv_mode(mode: str) -> None:
     raise ValueError(f'config.camstyle.conv={mode!r}: expected one of {fast_conv.CONV_MODES}')
 
 
-def discriminator_conv_mode(conv: str) -> str:
-  """The mode every discriminator layer runs in: 'auto' means the matmul form on CPU (see top)."""
+def discriminator_conv_mode(conv: str, second_order: bool = True) -> str:
+  """The mode of every discriminator layer: under 'auto' and differentiated twice, the matmul form
+  on CPU (see top); first derivatives only: per layer, as the generator."""
   check_conv_mode(conv)
-  if conv == 'auto':
+  if conv == 'auto' and second_order:
     return 'matmul' if jax.default_backend() == 'cpu' else 'native'
   return conv
 
@@ -232,6 +235,7 @@ class Discriminator(nn.Module):
   conv_dim: int = 64
   repeat_num: int = 6
   conv: str = 'auto'  # 'auto' | 'native' | 'matmul' (config.camstyle.conv)
+  second_order: bool = True  # whether the caller differentiates twice (the gradient penalty)
 
   @nn.compact
   def __call__(self, images):
@@ -240,7 +244,7 @@ class Discriminator(nn.Module):
       raise ValueError(f'discriminator input {images.shape[1]}x{images.shape[2]}: expected the '
                        f'{height}x{width} it was built for')
     check_image_size(height, width, self.repeat_num, what='discriminator')
-    x, dim, mode = images, self.conv_dim, discriminator_conv_mode(self.conv)
+    x, dim, mode = images, self.conv_dim, discriminator_conv_mode(self.conv, self.second_order)
     for i in range(self.repeat_num):
       x = nn.leaky_relu(DownConv(dim, True, mode, name=f'conv{i}')(x), 0.01)
       dim *= 2

@@ -179,6 +179,7 @@ def make_train_step(config: ml_collections.ConfigDict, num_cameras: int, total_i
 def _make_train_step(config, num_cameras, total_iters, decay_iters, mesh) -> TrainStep:
   c = config.camstyle
   g, d = stargan.build(c, num_cameras)
+  d_first_order = d.clone(second_order=False)   # same parameters; see stargan's conv modes
   tx = _adam(c)
 
   def d_loss_fn(d_params, g_params, x, c_org, c_trg, key):
@@ -199,7 +200,7 @@ def _make_train_step(config, num_cameras, total_iters, decay_iters, mesh) -> Tra
 
   def g_loss_fn(g_params, d_params, x, c_org, c_trg):
     x_fake = g.apply({'params': g_params}, x, jax.nn.one_hot(c_trg, num_cameras))
-    src_fake, cls_fake = d.apply({'params': d_params}, x_fake)
+    src_fake, cls_fake = d_first_order.apply({'params': d_params}, x_fake)
     x_rec = g.apply({'params': g_params}, x_fake, jax.nn.one_hot(c_org, num_cameras))
     loss_fake, loss_cls = -src_fake.mean(), _ce(cls_fake, c_trg)
     loss_rec = jnp.mean(jnp.abs(x - x_rec))
