@@ -82,6 +82,31 @@ def _conv(features: int, kernel: int, name: str, mode: str) -> Conv:
   return Conv(features, (kernel, kernel), ((pad, pad), (pad, pad)), mode, name=name)
 
 
+class CameraConv(nn.Module):
+  """The generator's 7x7 conv of [images, the camera one-hot tiled over the map] (kernel
+  (7, 7, 3 + cameras, out)), without building the tiled channels.
+
+  A tiled one-hot channel is constant over the map, so its convolution is, at each pixel, the
+  kernel summed over the taps inside the image: one (h, w, cameras, out) table for the whole
+  batch, picked by the one-hot. Only the image channels are convolved per image (on 64x32 CPU
+  batches this conv, forward and backward, takes half the time of the 9-channel one).
+  """
+  features: int
+  mode: str = 'auto'
+
+  @nn.compact
+  def __call__(self, images, onehot):
+    _, h, w, cin = images.shape
+    cameras = onehot.shape[-1]
+    kernel = self.param('kernel', _torch_like_kernel, (7, 7, cin + cameras, self.features))
+    pad = ((3, 3), (3, 3))
+    y = _convolve(images, kernel[:, :, :cin], (1, 1), pad, self.mode)
+    ones = jnp.ones((1, h, w, 1), images.dtype)
+    table = _convolve(ones, kernel[:, :, cin:].reshape(7, 7, 1, cameras * self.features),
+                      (1, 1), pad, self.mode).reshape(h, w, cameras, self.features)
+    return y + jnp.einsum('bc,hwco->bhwo', onehot, table)
+
+
 class DownConv(nn.Module):
   """torch Conv2d(in, out, 4, stride=2, padding=1) computed as space-to-depth + a 2x2 conv.
 
@@ -209,11 +234,9 @@ class Generator(nn.Module):
     if target_onehot.shape != (b, self.num_cameras):
       raise ValueError(f'generator target shape {target_onehot.shape}: expected '
                        f'{(b, self.num_cameras)} (one-hot over cameras)')
-    c = jnp.broadcast_to(target_onehot[:, None, None, :].astype(images.dtype),
-                         (b, h, w, self.num_cameras))
-    x = jnp.concatenate([images, c], axis=-1)
     dim = self.conv_dim
-    x = nn.relu(_instance_norm('norm_in')(_conv(dim, 7, 'conv_in', self.conv)(x)))
+    x = CameraConv(dim, self.conv, name='conv_in')(images, target_onehot.astype(images.dtype))
+    x = nn.relu(_instance_norm('norm_in')(x))
     for i in range(2):
       dim *= 2
       x = DownConv(dim, mode=self.conv, name=f'down{i}')(x)
