@@ -18,8 +18,12 @@ def get_config():
   c.model.arch = 'tiny'
   c.model.embedding_dim = 128
   c.train.batch_size = 32
-  c.train.step0_epochs = 10
-  c.train.step0_lr_decay_epoch = 8
+  # 600 images make ~19 iterations per epoch, against ~800 on Market-1501: from a random
+  # initialisation, 10 epochs of step 0 left the network far from fitted (rank-1 3.9 / mAP 9.1),
+  # 40 reach 15.0 / 18.9. Later steps train 6 epochs instead of 2 for the same reason.
+  c.train.step0_epochs = 40
+  c.train.step0_lr_decay_epoch = 30
+  c.train.later_epochs = 6
   c.cluster.merge_percent = 0.1   # 8 merging steps instead of 18
   c.camstyle.height = 64
   c.camstyle.width = 32
