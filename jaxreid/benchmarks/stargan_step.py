@@ -1,4 +1,4 @@
-"""Benchmark: StarGAN training iterations/s on one CPU device, conv='auto' against 'native' and torch
+"""Benchmark: StarGAN training iterations/s on one CPU device, conv='auto' vs 'native' and torch
 
   python -m jaxreid.benchmarks.stargan_step                  # 64x32 synthetic and 256x128 paper
   python -m jaxreid.benchmarks.stargan_step --quick          # 64x32 synthetic only
@@ -203,7 +203,8 @@ def _layer_cases(c) -> list[tuple[str, object, tuple]]:
   cases.append((f'G down1 {h // 2}x{w // 2}', lambda m: stargan.DownConv(4 * d, False, m),
                 (b, h // 2, w // 2, 2 * d)))
   cases.append((f'G res 3x3 {h // 4}x{w // 4}',
-                lambda m: stargan.Conv(4 * d, (3, 3), ((1, 1),) * 2, m), (b, h // 4, w // 4, 4 * d)))
+                lambda m: stargan.Conv(4 * d, (3, 3), ((1, 1),) * 2, m),
+                (b, h // 4, w // 4, 4 * d)))
   cases.append((f'G up0 {h // 4}x{w // 4}', lambda m: stargan.UpConv(2 * d, m),
                 (b, h // 4, w // 4, 4 * d)))
   cases.append((f'G up1 {h // 2}x{w // 2}', lambda m: stargan.UpConv(d, m),
