@@ -33,11 +33,6 @@ def get_config():
   c.camstyle.g_repeat_num = 2
   c.camstyle.d_conv_dim = 16
   c.camstyle.d_repeat_num = 4     # 64x32 / 2^4 -> a (4, 2) camera-classifier kernel, as at 256x128
-  # The measured fakes (tests/test_camstyle_works.py bars) come from native convolutions; 'auto'
-  # runs the 600 iterations 1.25x faster and is the same math up to float32 rounding, yet ends in
-  # other fakes, which scored below the step-0 bar once (rank-1 0.063 against 0.135). Until
-  # re-measured:
-  c.camstyle.conv = 'native'
   c.camstyle.batch_size = 16
   # 600 iterations fit about 3.5 CPU minutes. So few need a G update every iteration and a larger
   # learning rate (the reference's n_critic 5 and 1e-4 need thousands); with these the fakes take
