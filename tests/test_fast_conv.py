@@ -117,3 +117,60 @@ def test_unknown_conv_mode_is_one_line_naming_the_key():
     model.build_model(model_config('fast'))
   msg = str(e.value)
   assert msg.startswith("config.model.conv='fast': expected one of") and '\n' not in msg
+
+
+def first_max_pool_reference(x, g, window, strides, padding):
+  """Max-pool and its gradient in plain numpy: each window's gradient to its first maximum."""
+  (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = window, strides, padding
+  xp = np.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)), constant_values=-np.inf)
+  oh, ow = (xp.shape[1] - kh) // sh + 1, (xp.shape[2] - kw) // sw + 1
+  y = np.empty((x.shape[0], oh, ow, x.shape[3]), np.float32)
+  gp = np.zeros_like(xp)
+  for n in range(x.shape[0]):
+    for a in range(oh):
+      for b in range(ow):
+        for c in range(x.shape[3]):
+          win = xp[n, a * sh:a * sh + kh, b * sw:b * sw + kw, c]
+          i, j = np.unravel_index(np.argmax(win), win.shape)   # argmax: first maximum
+          y[n, a, b, c] = win[i, j]
+          gp[n, a * sh + i, b * sw + j, c] += g[n, a, b, c]
+  return y, gp[:, pt:pt + x.shape[1], pl:pl + x.shape[2]]
+
+
+@pytest.mark.parametrize('hw,window,strides,pad', [
+    ((9, 7), (3, 3), (2, 2), 1),     # the ResNet stem's pool, odd sizes
+    ((10, 6), (3, 3), (2, 2), 1),
+    ((6, 5), (3, 3), (1, 1), 1),     # overlapping windows, stride 1
+    ((8, 6), (2, 2), (2, 2), 0),     # non-overlapping, no padding
+])
+def test_slice_max_pool_equals_native_outputs_and_gradients_with_ties(hw, window, strides, pad):
+  rng = np.random.default_rng(hw[0] * 10 + strides[0])
+  # ReLU output rounded to halves: most windows hold tied maxima (zeros, or equal values).
+  x = np.round(np.maximum(rng.normal(size=(2, *hw, 3)), 0) * 2).astype(np.float32) / 2
+  padding = ((pad, pad), (pad, pad))
+  native_pool = lambda x: nn.max_pool(x, window, strides, padding)
+  want, native_vjp = jax.vjp(native_pool, jnp.asarray(x))
+  g = rng.normal(size=want.shape).astype(np.float32)
+  got, vjp = jax.vjp(jax.jit(fast_conv.slice_max_pool, static_argnums=(1, 2, 3)),
+                     jnp.asarray(x), window, strides, padding)
+  ref_y, ref_g = first_max_pool_reference(x, g, window, strides, padding)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got, ref_y)
+  # Bit for bit: the same first-maximum routing and the same order of summing overlaps.
+  np.testing.assert_array_equal(vjp(g)[0], native_vjp(g)[0])
+  np.testing.assert_allclose(vjp(g)[0], ref_g, rtol=1e-6, atol=1e-6)
+
+
+def test_max_pool_follows_the_conv_mode(monkeypatch):
+  def grad_ops(mode):
+    f = jax.grad(lambda x: jnp.sum(fast_conv.max_pool(mode, x, (3, 3), (2, 2), ((1, 1),) * 2)))
+    return str(jax.make_jaxpr(f)(jnp.ones((1, 6, 4, 2))))
+  assert 'select_and_scatter' not in grad_ops('auto') + grad_ops('matmul')
+  assert 'select_and_scatter' in grad_ops('native')
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  assert 'select_and_scatter' in grad_ops('auto')
+  assert fast_conv.conv_mode(fast_conv.conv_module('auto')) == 'auto'
+  assert fast_conv.conv_mode(fast_conv.conv_module('matmul')) == 'matmul'
+  assert fast_conv.conv_mode(nn.Conv) == 'native'
+  with pytest.raises(ValueError, match=r"^config.model.conv='fast': expected one of"):
+    fast_conv.max_pool('fast', jnp.ones((1, 4, 4, 1)), (3, 3), (2, 2), ((1, 1),) * 2)

@@ -14,6 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxreid.reid import fast_conv
+
 ModuleDef = Any
 
 # torchvision: kaiming_normal_(mode='fan_out', nonlinearity='relu'), a plain (untruncated) normal.
@@ -111,7 +113,9 @@ class ResNet(nn.Module):
     x = x.astype(self.dtype)
     x = conv(stem, (7, 7), (2, 2), padding=_pad(7), name='conv1')(x)
     x = nn.relu(norm(name='bn1')(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=_pad(3))
+    # Follows the convolution's mode: on CPU the slice form's gradient is ~3x faster than
+    # select_and_scatter's, with the same values.
+    x = fast_conv.max_pool(fast_conv.conv_mode(self.conv), x, (3, 3), (2, 2), _pad(3))
     in_planes = stem
     for stage, (n, planes) in enumerate(zip(blocks, widths)):
       for b in range(n):
