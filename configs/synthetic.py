@@ -34,10 +34,11 @@ def get_config():
   c.camstyle.d_conv_dim = 16
   c.camstyle.d_repeat_num = 4     # 64x32 / 2^4 -> a (4, 2) camera-classifier kernel, as at 256x128
   c.camstyle.batch_size = 16
-  # 600 iterations fit about 3.5 CPU minutes. So few need a G update every iteration and a larger
-  # learning rate (the reference's n_critic 5 and 1e-4 need thousands); with these the fakes take
-  # the target camera's style and keep the identity (tests/test_camstyle_works.py). At 1e-3 they
-  # lose the identity (per-camera averages); at 300 iterations they keep less of it.
+  # 600 iterations take about 2.5 CPU minutes (151 s measured). So few need a G update every
+  # iteration and a larger learning rate (the reference's n_critic 5 and 1e-4 need thousands);
+  # with these the fakes take the target camera's style and keep the identity
+  # (tests/test_camstyle_works.py). At 1e-3 they lose the identity (per-camera averages); at 300
+  # iterations they keep less of it.
   c.camstyle.n_critic = 1
   c.camstyle.g_lr = 5e-4
   c.camstyle.d_lr = 5e-4
