@@ -19,7 +19,6 @@ torch>` (>= 1: ours is faster).
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import time
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreid import configlib, parallel
+from jaxreid.benchmarks import optional_torch, use_one_xla_thread
 from jaxreid.camstyle import stargan, train
 
 NUM_CAMERAS = 6
@@ -262,21 +262,12 @@ def main(argv=None) -> None:
                  help='one thread for XLA and torch: steadier numbers on a loaded machine')
   args = p.parse_args(argv)
   if args.single_thread:
-    # Read when the CPU backend starts, which is at the first device query below.
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen='
-                               'false intra_op_parallelism_threads=1').strip()
+    use_one_xla_thread()
   names = ['synthetic'] if args.quick else ['synthetic', 'paper']
   if args.layers:
     time_layers(names)
     return
-  torch = None
-  if not args.no_torch:
-    try:
-      import torch
-    except ImportError:
-      pass
-  if torch is not None and args.single_thread:
-    torch.set_num_threads(1)
+  torch = None if args.no_torch else optional_torch(args.single_thread)
   steps = args.steps or (3 if args.quick else 5)
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, median of {steps} timed steps, '
         'interleaved' + (', single thread' if args.single_thread else '')

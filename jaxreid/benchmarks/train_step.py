@@ -17,7 +17,6 @@ ratio, taken in turns, is the figure to read (torch's threads suffer most on a l
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import time
 
@@ -25,6 +24,7 @@ import jax
 import numpy as np
 
 from jaxreid import configlib, parallel
+from jaxreid.benchmarks import optional_torch, use_one_xla_thread
 from jaxreid.reid import fast_conv, resnet, train
 
 CONFIGS = [('resnet18', 128, 64), ('resnet18', 256, 128), ('resnet50', 128, 64),
@@ -196,18 +196,11 @@ def main(argv=None) -> None:
                  help='one thread for XLA and torch: steadier numbers on a loaded machine')
   args = p.parse_args(argv)
   if args.single_thread:
-    # Read when the CPU backend starts, which is at the first device query below.
-    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen='
-                               'false intra_op_parallelism_threads=1').strip()
+    use_one_xla_thread()
   if args.layers:
     time_layers(args.batch)
     return
-  try:
-    import torch
-  except ImportError:
-    torch = None
-  if torch is not None and args.single_thread:
-    torch.set_num_threads(1)
+  torch = optional_torch(args.single_thread)
   steps = args.steps or (3 if args.quick else 5)
   configs = CONFIGS[:1] if args.quick else CONFIGS
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, '
