@@ -14,6 +14,7 @@ untrained network (on real images alone, step 0 learns the cameras instead and g
 tests/test_reid_works.py).
 """
 
+import copy
 import pathlib
 
 import jax
@@ -154,7 +155,7 @@ def test_step0_on_support_sets_lifts_retrieval_well_above_baselines(camstyle_run
 
   r = camstyle_run
   data, is_train, split, mesh = r['data'], r['is_train'], r['split'], r['mesh']
-  cfg = r['config']
+  cfg = copy.deepcopy(r['config'])   # the fixture's config is shared with the other test
   cfg.train.step0_epochs, cfg.train.step0_lr_decay_epoch = STEP0_EPOCHS, STEP0_DECAY
   q, g = np.flatnonzero(data.splits == 'query'), np.flatnonzero(data.splits == 'gallery')
 
