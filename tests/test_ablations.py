@@ -36,6 +36,7 @@ def test_without_clustering_trains_one_long_step(ablation_runs):
   assert [s['clusters'] for s in steps] == [n]
   cfg = json.loads((workdir / 'no_clustering' / 'config.json').read_text())
   assert cfg['train']['step0_epochs'] == 2 + 2 * 1   # the full run's 3 steps: 2 + 1 + 1 epochs
+  assert cfg['train']['step0_lr_decay_epoch'] == 3   # two thirds in, as the paper's 40 of 60
 
 
 @pytest.mark.slow

@@ -152,7 +152,10 @@ def write_figure(config: ml_collections.ConfigDict, split, store: fake_store.Fak
           spine.set_linewidth(2)
       if r == 0 or col == 0:
         ax.set_title(title, fontsize=7)
-  fig.suptitle('Camera-style transfer: originals and their fakes under every camera', fontsize=8)
+  # A narrow figure (2 or 3 cameras) would clip the title on one line.
+  sep = ' ' if cams >= 4 else '\n'
+  fig.suptitle(f'Camera-style transfer:{sep}originals and their fakes under every camera',
+               fontsize=8)
   fig.tight_layout()
   path = out_dir / 'fig2_camstyle.png'
   out_dir.mkdir(parents=True, exist_ok=True)
