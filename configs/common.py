@@ -138,3 +138,26 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.max_to_keep = 2
   return c
+
+
+def use_cpu_stargan(c: ml_collections.ConfigDict, num_iters: int) -> None:
+  """Sets a StarGAN sized for 2 CPU cores: 64x32, g 8 / d 16 channels, a G update every iteration.
+
+  So few iterations need a G update every iteration and a larger learning rate (the reference's
+  n_critic 5 and 1e-4 need thousands); its fakes are resized back to the images' own size.
+  """
+  c.camstyle.height = 64
+  c.camstyle.width = 32
+  c.camstyle.load_height = 72
+  c.camstyle.load_width = 36
+  c.camstyle.g_conv_dim = 8
+  c.camstyle.g_repeat_num = 2
+  c.camstyle.d_conv_dim = 16
+  c.camstyle.d_repeat_num = 4     # 64x32 / 2^4 -> a (4, 2) camera-classifier kernel, as at 256x128
+  c.camstyle.batch_size = 16
+  c.camstyle.n_critic = 1
+  c.camstyle.g_lr = 5e-4
+  c.camstyle.d_lr = 5e-4
+  c.camstyle.num_iters = num_iters
+  c.camstyle.num_epochs = 10      # (only the decay fraction is used while num_iters > 0)
+  c.camstyle.decay_epochs = 5     # linear decay over the second half

@@ -26,22 +26,8 @@ def get_config():
   # No ImageNet weights can be loaded here, so the backbone learns from scratch: it trains at the
   # full learning rate (the paper's 0.1x is for fine-tuning a pretrained ResNet-50).
   c.train.backbone_lr_mult = 1.0
-  # The StarGAN of configs/synthetic.py, trained longer: 2,000 iterations of batch 16 at 64x32.
-  c.camstyle.height = 64
-  c.camstyle.width = 32
-  c.camstyle.load_height = 72
-  c.camstyle.load_width = 36
-  c.camstyle.g_conv_dim = 8
-  c.camstyle.g_repeat_num = 2
-  c.camstyle.d_conv_dim = 16
-  c.camstyle.d_repeat_num = 4
-  c.camstyle.batch_size = 16
-  c.camstyle.n_critic = 1
-  c.camstyle.g_lr = 5e-4
-  c.camstyle.d_lr = 5e-4
-  c.camstyle.num_iters = 2000
-  c.camstyle.num_epochs = 10      # (only the decay fraction is used while num_iters > 0)
-  c.camstyle.decay_epochs = 5     # linear decay over the second half
+  # The synthetic config's StarGAN, trained longer: 2,000 iterations of batch 16 at 64x32.
+  common.use_cpu_stargan(c, num_iters=2000)
   c.camstyle.log_every = 20
   c.camstyle.sample_every = 250
   c.camstyle.checkpoint_every = 250

@@ -25,26 +25,11 @@ def get_config():
   c.train.step0_lr_decay_epoch = 30
   c.train.later_epochs = 6
   c.cluster.merge_percent = 0.1   # 8 merging steps instead of 18
-  c.camstyle.height = 64
-  c.camstyle.width = 32
-  c.camstyle.load_height = 72
-  c.camstyle.load_width = 36
-  c.camstyle.g_conv_dim = 8
-  c.camstyle.g_repeat_num = 2
-  c.camstyle.d_conv_dim = 16
-  c.camstyle.d_repeat_num = 4     # 64x32 / 2^4 -> a (4, 2) camera-classifier kernel, as at 256x128
-  c.camstyle.batch_size = 16
-  # 600 iterations take about 2.5 CPU minutes (151 s measured). So few need a G update every
-  # iteration and a larger learning rate (the reference's n_critic 5 and 1e-4 need thousands);
-  # with these the fakes take the target camera's style and keep the identity
-  # (tests/test_camstyle_works.py). At 1e-3 they lose the identity (per-camera averages); at 300
-  # iterations they keep less of it.
-  c.camstyle.n_critic = 1
-  c.camstyle.g_lr = 5e-4
-  c.camstyle.d_lr = 5e-4
-  c.camstyle.num_iters = 600
-  c.camstyle.num_epochs = 10      # (only the decay fraction is used while num_iters > 0)
-  c.camstyle.decay_epochs = 5     # linear decay over the second half
+  # 600 iterations take about 2.5 CPU minutes (151 s measured). With these settings the fakes take
+  # the target camera's style and keep the identity (tests/test_camstyle_works.py). At a learning
+  # rate of 1e-3 they lose the identity (per-camera averages); at 300 iterations they keep less
+  # of it.
+  common.use_cpu_stargan(c, num_iters=600)
   c.camstyle.log_every = 10
   c.camstyle.sample_every = 100
   c.camstyle.checkpoint_every = 100
