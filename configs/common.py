@@ -143,8 +143,9 @@ def get_config() -> ml_collections.ConfigDict:
 def use_cpu_stargan(c: ml_collections.ConfigDict, num_iters: int) -> None:
   """Sets a StarGAN sized for 2 CPU cores: 64x32, g 8 / d 16 channels, a G update every iteration.
 
-  So few iterations need a G update every iteration and a larger learning rate (the reference's
-  n_critic 5 and 1e-4 need thousands); its fakes are resized back to the images' own size.
+  Hundreds to a few thousand iterations need a G update every iteration and a larger learning rate
+  (the reference's n_critic 5 and 1e-4 need hundreds of thousands); the fakes are resized back to
+  the images' own size. The fields set here, at get_config()'s values, are the paper's StarGAN.
   """
   c.camstyle.height = 64
   c.camstyle.width = 32

@@ -6,8 +6,10 @@ the images' size. The paper's merging schedule is kept (mp = 0.05, 20 + 2 epochs
 Towards the paper's settings on a GPU/TPU:
   jaxreid --config=configs/folder.py --config.data.root=/path/to/folder --workdir=runs/folder \
       --config.model.arch=resnet50 --config.model.embedding_dim=2048 \
-      --config.data.height=256 --config.data.width=128 --config.train.batch_size=16
-  (and the StarGAN of configs/market1501.py: camstyle.height/width 256/128, g/d_conv_dim 64, ...)
+      --config.data.height=256 --config.data.width=128 --config.train.batch_size=16 \
+      --config.model.init_checkpoint=resnet50.msgpack --config.train.backbone_lr_mult=0.1
+  and, for the paper's StarGAN, the camstyle fields that common.use_cpu_stargan sets, at
+  configs/common.py's values (height/width 256/128, g/d_conv_dim 64, n_critic 5, lr 1e-4, ...).
 """
 
 from jaxreid.configlib import load_sibling
