@@ -97,6 +97,9 @@ def get_config() -> ml_collections.ConfigDict:
   # ---------------------------------------------------------------- camera-style StarGAN (HHL)
   c.camstyle = ml_collections.ConfigDict()
   c.camstyle.enabled = True      # False: ablation "without style transfer" (no fakes at all)
+  # True (synthetic data only): no StarGAN; the fakes are the generator's re-renders of each image
+  # under the other cameras, i.e. perfect style transfer, the StarGAN's upper bound.
+  c.camstyle.oracle = False
   c.camstyle.height = 256
   c.camstyle.width = 128
   c.camstyle.load_height = 288   # resize, then random crop to (height, width)

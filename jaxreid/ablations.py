@@ -99,8 +99,10 @@ def _share_camstyle(source: pathlib.Path, target: pathlib.Path) -> None:
   for sub in ('camstyle', 'fakes'):
     if (target / sub).exists():
       shutil.rmtree(target / sub)
-    shutil.copytree(source / sub, target / sub)
-  dst.mark('camstyle_train', src.summary('camstyle_train'))
+    if (source / sub).exists():    # no camstyle folder with oracle fakes
+      shutil.copytree(source / sub, target / sub)
+  if src.done('camstyle_train'):
+    dst.mark('camstyle_train', src.summary('camstyle_train'))
   dst.mark('camstyle_generate', src.summary('camstyle_generate'))
 
 

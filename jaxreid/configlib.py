@@ -71,6 +71,9 @@ _ARCHS = ('tiny', 'resnet18', 'resnet34', 'resnet50')
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError (one line, naming the key) for values that make no sense."""
   _check(c.data.name in _DATASETS, 'data.name', c.data.name, f'one of {_DATASETS}')
+  _check(c.data.name == 'synthetic' or not c.camstyle.oracle, 'camstyle.oracle',
+         c.camstyle.oracle, "False unless config.data.name='synthetic' (only the "
+         'synthetic generator can re-render an image under another camera)')
   _check(c.data.name in ('synthetic',) or bool(c.data.root), 'data.root', c.data.root,
          f'the folder of the {c.data.name} data set (download it by hand; see README)')
   for key in ('data.height', 'data.width', 'train.batch_size', 'camstyle.batch_size',

@@ -97,7 +97,15 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   mesh = parallel.make_mesh()
   sets = load_data(config, paths)
   store = None
-  if config.camstyle.enabled:
+  if config.camstyle.enabled and config.camstyle.oracle:
+    from jaxreid.camstyle import oracle
+    if not tracker.done('camstyle_generate'):
+      t0 = time.time()
+      summary = oracle.generate(config, sets.train, paths.fakes)
+      tracker.mark('camstyle_generate', {**summary, 'seconds': time.time() - t0})
+    from jaxreid.camstyle.store import FakeStore
+    store = FakeStore.open(paths.fakes)
+  elif config.camstyle.enabled:
     from jaxreid.camstyle import generate as camstyle_generate
     from jaxreid.camstyle import train as camstyle_train
     if not tracker.done('camstyle_train'):

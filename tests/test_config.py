@@ -86,3 +86,13 @@ def test_cli_reports_missing_config_file(tmp_path):
   assert proc.returncode != 0
   assert proc.stderr.strip() == ('jaxreid: --config=configs/nope.py: no such config file '
                                  '(expected e.g. configs/synthetic.py)')
+
+
+def test_oracle_fakes_are_refused_for_real_data():
+  c = _load('market1501')
+  c.data.root = '/data/market1501'
+  c.camstyle.oracle = True
+  with pytest.raises(configlib.ConfigError, match=r"config\.camstyle\.oracle=True: expected False "
+                     r"unless config\.data\.name='synthetic'") as e:
+    configlib.validate(c)
+  assert '\n' not in str(e.value)

@@ -170,3 +170,35 @@ def test_unusable_parameters_are_named_in_one_line(key, value, tmp_path):
     synthetic.write_market_folder(tmp_path / 'market', **{**SMALL, key: value})
   assert key in str(e.value) and '\n' not in str(e.value)
   assert not (tmp_path / 'market').exists()
+
+
+def _train_images(root):
+  names = sorted(p.name for p in (root / FOLDERS['train']).iterdir())
+  images = np.stack([np.asarray(Image.open(root / FOLDERS['train'] / n), np.float32) / 255
+                     for n in names])
+  return names, images, np.array([int(NAME.match(n)[2]) - 1 for n in names])
+
+
+def test_re_render_is_the_same_image_as_another_camera_records_it(small_folder):
+  names, images, cams = _train_images(small_folder)
+  others = [[k for k in range(SMALL['num_cameras']) if k != c] for c in cams]
+  own = synthetic.render_in_cameras(names, [[c] for c in cams], **SMALL)
+  moved = synthetic.render_in_cameras(names, others, **SMALL)
+  flat = images.reshape(len(images), -1)
+  # Under its own camera the re-render is that file (only sensor noise and JPEG differ): its
+  # nearest training image is itself, at a fraction of the distance to the next one.
+  for i, render in enumerate(own):
+    d = np.abs(flat - render.reshape(1, -1).astype(np.float32) / 255).mean(1)
+    assert d.argmin() == i and d[i] < 0.5 * np.sort(d)[1], names[i]
+  # Under another camera it looks like that camera: nearest to that camera's mean image.
+  means = np.stack([images[cams == k].mean(0) for k in range(SMALL['num_cameras'])])
+  hits = [np.abs(means - f.astype(np.float32) / 255).mean((1, 2, 3)).argmin() == k
+          for row, targets in zip(moved, others) for f, k in zip(row, targets)]
+  assert np.mean(hits) >= 0.9
+  assert all(r.shape == (len(t), SMALL['height'], SMALL['width'], 3) and r.dtype == np.uint8
+             for r, t in zip(moved, others))
+
+
+def test_re_render_refuses_a_name_it_never_wrote():
+  with pytest.raises(ValueError, match=r'^0999_c1s1_000000_00\.jpg: not an image of the synthetic'):
+    synthetic.render_in_cameras(['0999_c1s1_000000_00.jpg'], [[1]], **SMALL)

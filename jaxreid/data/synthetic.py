@@ -18,7 +18,7 @@ import os
 import pathlib
 import shutil
 import tempfile
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
@@ -480,10 +480,19 @@ def _float32(arrays: dict) -> dict:
   return {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in arrays.items()}
 
 
-def generate(*, num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
-             height: int, width: int, seed: int, progress: bool = True) -> SyntheticSet:
-  """Renders the whole data set in memory; the same arguments give the same bytes."""
-  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
+class _World(NamedTuple):
+  """Everything the images of one parameter set are rendered from, in generation order."""
+  style: dict          # per-camera look
+  scenes: np.ndarray   # [C, 3, SH, SW] planar
+  ids: dict            # per-identity appearance
+  cams: np.ndarray     # [N] camera of each image
+  pid_index: np.ndarray  # [N] 0-based identity of each image
+  first: np.ndarray    # [N] first image of its (identity, camera) tracklet
+  img: dict            # per-image nuisance
+
+
+def _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed) -> _World:
+  """Draws the cameras, scenes, people and per-image nuisance of a parameter set."""
   num_ids = num_train_ids + num_test_ids
   style = _float32(_camera_styles(_rng(seed, 0), num_cameras))
   scene_rng = _rng(seed, 1)
@@ -493,24 +502,72 @@ def generate(*, num_cameras: int, num_train_ids: int, num_test_ids: int, images_
   ids = _float32(_identities(_rng(seed, 2), num_ids))
   cams = _camera_assignment(_rng(seed, 3), num_ids, num_cameras, images_per_id).reshape(-1)
   pid_index = np.repeat(np.arange(num_ids), images_per_id)
-  first = np.ones(len(cams), bool)    # first image of each (identity, camera) tracklet
+  first = np.ones(len(cams), bool)
   first[1:] = (pid_index[1:] != pid_index[:-1]) | (cams[1:] != cams[:-1])
   img = _float32(_image_params(_rng(seed, 4), np.cumsum(first) - 1, height, width,
                                scenes.shape[2:]))
+  return _World(style, scenes, ids, cams, pid_index, first, img)
 
+
+def _file_names(cams: np.ndarray, pid_index: np.ndarray) -> list[str]:
+  """Market-1501 names `PPPP_cCs1_FFFFFF_00.jpg` in generation order (a frame counter per camera)."""
+  frame = np.zeros(int(cams.max()) + 1, np.int64)
+  names = []
+  for pid, cam in zip(pid_index, cams):
+    names.append(f'{pid + 1:04d}_c{cam + 1}s1_{frame[cam]:06d}_00.jpg')
+    frame[cam] += 1
+  return names
+
+
+def generate(*, num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
+             height: int, width: int, seed: int, progress: bool = True) -> SyntheticSet:
+  """Renders the whole data set in memory; the same arguments give the same bytes."""
+  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
+  w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
+  cams, pid_index = w.cams, w.pid_index
   # Test identities: the first image in each of their cameras is a query, the rest gallery.
   splits = np.where(pid_index < num_train_ids, 'train', 'gallery').astype('<U7')
-  splits[(pid_index >= num_train_ids) & first] = 'query'
+  splits[(pid_index >= num_train_ids) & w.first] = 'query'
 
   images = np.empty((len(cams), height, width, 3), np.uint8)
   starts = range(0, len(cams), _CHUNK)
   for chunk, start in enumerate(tqdm.tqdm(starts, desc='synthetic images', unit='chunk',
                                           disable=None if progress else True)):
     sl = slice(start, start + _CHUNK)
-    idn = {k: v[pid_index[sl]] for k, v in ids.items()}
-    images[sl] = _render_chunk(idn, {k: v[sl] for k, v in img.items()}, cams[sl], scenes, style,
-                               height, width, _rng(seed, 5, chunk))
+    idn = {k: v[pid_index[sl]] for k, v in w.ids.items()}
+    images[sl] = _render_chunk(idn, {k: v[sl] for k, v in w.img.items()}, cams[sl], w.scenes,
+                               w.style, height, width, _rng(seed, 5, chunk))
   return SyntheticSet(images, (pid_index + 1).astype(np.int32), cams.astype(np.int32), splits)
+
+
+def render_in_cameras(file_names: Sequence[str], target_cameras: Sequence[Sequence[int]], *,
+                      num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
+                      height: int, width: int, seed: int) -> list[np.ndarray]:
+  """Re-renders named images of a parameter set as other cameras would record them.
+
+  For each file name (as `write_market_folder` wrote it), the same person in the same pose, view,
+  framing and place in the scene, seen by each camera of `target_cameras[i]`: that camera's scene
+  and look. Returns uint8 [len(target_cameras[i]), height, width, 3] per name. This is perfect
+  camera-style transfer, which the synthetic set alone can give (an upper bound for the StarGAN).
+  """
+  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
+  w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
+  index = {name: g for g, name in enumerate(_file_names(w.cams, w.pid_index))}
+  out = []
+  for i, (name, targets) in enumerate(zip(file_names, target_cameras)):
+    if name not in index:
+      raise ValueError(f'{name}: not an image of the synthetic set with seed {seed} and these '
+                       'sizes; expected a file name from its folder')
+    g, targets = index[name], np.asarray(targets, np.int32)
+    if targets.size and (targets.min() < 0 or targets.max() >= num_cameras):
+      raise ValueError(f'{name}: target cameras {targets.tolist()}: expected 0..{num_cameras - 1}')
+    n = len(targets)
+    idn = {k: np.repeat(v[w.pid_index[g]][None], n, 0) for k, v in w.ids.items()}
+    img = {k: np.repeat(v[g][None], n, 0) for k, v in w.img.items()}
+    # Its own noise stream per image, so a re-render does not depend on which others are asked.
+    out.append(_render_chunk(idn, img, targets, w.scenes, w.style, height, width,
+                             _rng(seed, 6, g)))
+  return out
 
 
 def _params(**kwargs) -> dict:
@@ -567,11 +624,9 @@ def write_market_folder(root, *, num_cameras: int, num_train_ids: int, num_test_
   try:
     for folder in FOLDERS.values():
       (tmp / folder).mkdir()
-    frame = np.zeros(num_cameras, np.int64)   # a running frame number per camera
-    for image, pid, cam, split in zip(tqdm.tqdm(data.images, desc='writing jpegs', disable=None),
-                                      data.pids, data.camids, data.splits):
-      name = f'{pid:04d}_c{cam + 1}s1_{frame[cam]:06d}_00.jpg'
-      frame[cam] += 1
+    names = _file_names(data.camids, data.pids - 1)
+    for image, name, split in zip(tqdm.tqdm(data.images, desc='writing jpegs', disable=None),
+                                  names, data.splits):
       # 4:4:4: no chroma subsampling, which would smear 2-pixel colour patterns at 64 px width.
       Image.fromarray(image).save(tmp / FOLDERS[split] / name, quality=JPEG_QUALITY,
                                   subsampling=0)
