@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tiny_config
-from jaxreid import job, records
+from jaxreid import ablations, job, records
 from jaxreid.camstyle import store as store_lib
 from jaxreid.camstyle.store import FakeStore
 from jaxreid.data import synthetic
@@ -47,3 +47,18 @@ def test_oracle_run_trains_no_stargan_and_stores_every_re_render(oracle_run):
 def test_finished_oracle_run_resumes_to_the_same_results(oracle_run):
   c, workdir, results = oracle_run
   assert job.run(c, str(workdir)) == results
+
+
+@pytest.mark.slow
+def test_ablation_variants_share_the_oracle_fakes(tmp_path):
+  c = tiny_config.config()
+  c.camstyle.oracle = True
+  c.cluster.max_steps = 1
+  ablations.run_all(c, tmp_path, only=['full', 'no_clustering'])
+  full, other = tmp_path / 'full' / 'fakes', tmp_path / 'no_clustering' / 'fakes'
+  files = sorted(p.relative_to(full) for p in full.rglob('*') if p.is_file())
+  assert files and files == sorted(p.relative_to(other) for p in other.rglob('*') if p.is_file())
+  assert all((full / f).read_bytes() == (other / f).read_bytes() for f in files)
+  marks = records.read_json(tmp_path / 'no_clustering' / 'stages.json')
+  assert 'camstyle_train' not in marks and marks['camstyle_generate']['oracle'] is True
+  assert not (tmp_path / 'no_clustering' / 'camstyle').exists()
