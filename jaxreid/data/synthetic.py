@@ -8,7 +8,9 @@ camera is the main nuisance: on raw pixels a same-camera impostor is usually nea
 cross-camera true match, as in Market-1501. Everything follows from one seed.
 
 `generate` returns the images in memory; `write_market_folder` writes them as a Market-1501 folder
-(bounding_box_train / query / bounding_box_test) that the ordinary folder reader turns into TFDS.
+(bounding_box_train / query / bounding_box_test) that the ordinary folder reader turns into TFDS;
+`render_in_cameras` re-renders named images as other cameras would record them (perfect style
+transfer, config.camstyle.oracle).
 """
 
 from __future__ import annotations
@@ -554,7 +556,7 @@ def render_in_cameras(file_names: Sequence[str], target_cameras: Sequence[Sequen
   w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
   index = {name: g for g, name in enumerate(_file_names(w.cams, w.pid_index))}
   out = []
-  for i, (name, targets) in enumerate(zip(file_names, target_cameras)):
+  for name, targets in zip(file_names, target_cameras):
     if name not in index:
       raise ValueError(f'{name}: not an image of the synthetic set with seed {seed} and these '
                        'sizes; expected a file name from its folder')
