@@ -97,26 +97,23 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   mesh = parallel.make_mesh()
   sets = load_data(config, paths)
   store = None
-  if config.camstyle.enabled and config.camstyle.oracle:
-    from jaxreid.camstyle import oracle
-    if not tracker.done('camstyle_generate'):
-      t0 = time.time()
-      summary = oracle.generate(config, sets.train, paths.fakes)
-      tracker.mark('camstyle_generate', {**summary, 'seconds': time.time() - t0})
-    from jaxreid.camstyle.store import FakeStore
-    store = FakeStore.open(paths.fakes)
-  elif config.camstyle.enabled:
+  if config.camstyle.enabled:
     from jaxreid.camstyle import generate as camstyle_generate
+    from jaxreid.camstyle import oracle
     from jaxreid.camstyle import train as camstyle_train
-    if not tracker.done('camstyle_train'):
+    from jaxreid.camstyle.store import FakeStore
+    # Oracle fakes (synthetic data only) are re-rendered by the generator: no StarGAN to train.
+    if not config.camstyle.oracle and not tracker.done('camstyle_train'):
       t0 = time.time()
       summary = camstyle_train.train(config, sets.train, paths.camstyle, mesh)
       tracker.mark('camstyle_train', {**(summary or {}), 'seconds': time.time() - t0})
     if not tracker.done('camstyle_generate'):
       t0 = time.time()
-      summary = camstyle_generate.generate(config, sets.train, paths.camstyle, paths.fakes, mesh)
+      if config.camstyle.oracle:
+        summary = oracle.generate(config, sets.train, paths.fakes)
+      else:
+        summary = camstyle_generate.generate(config, sets.train, paths.camstyle, paths.fakes, mesh)
       tracker.mark('camstyle_generate', {**(summary or {}), 'seconds': time.time() - t0})
-    from jaxreid.camstyle.store import FakeStore
     store = FakeStore.open(paths.fakes)
 
   if not tracker.done('reid'):

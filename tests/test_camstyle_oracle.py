@@ -27,9 +27,7 @@ def test_oracle_run_trains_no_stargan_and_stores_every_re_render(oracle_run):
   sets = job.load_data(c, job.RunPaths(workdir))
   store = FakeStore.open(workdir / 'fakes')
   s = c.synthetic
-  params = dict(num_cameras=s.num_cameras, num_train_ids=s.num_train_ids,
-                num_test_ids=s.num_test_ids, images_per_id=s.images_per_id, height=s.height,
-                width=s.width, seed=s.seed)
+  params = synthetic.params_of(s)
   names = list(sets.train.file_names)
   assert store.num_images == len(names) and store.fakes_per_image == s.num_cameras - 1
   for i in (0, len(names) // 2, len(names) - 1):

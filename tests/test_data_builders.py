@@ -198,8 +198,10 @@ def test_synthetic_goes_through_the_folder_builder(tmp_path, monkeypatch):
     calls.append((pathlib.Path(root), kwargs))
     return write_market(root)
 
+  from jaxreid.data import synthetic  # the real one, for its config -> parameters helper
   module = types.ModuleType('jaxreid.data.synthetic')
   module.write_market_folder = fake_writer
+  module.params_of = synthetic.params_of
   monkeypatch.setitem(sys.modules, 'jaxreid.data.synthetic', module)
   monkeypatch.setattr(data, 'synthetic', module, raising=False)
   syn = ml_collections.ConfigDict(dict(seed=3, num_cameras=3, num_train_ids=2, num_test_ids=2,

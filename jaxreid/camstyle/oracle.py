@@ -33,10 +33,8 @@ def generate(config: ml_collections.ConfigDict, split, fakes_dir) -> dict:
   if writer:
     fake_store.write_index(fakes_dir, camids, num_cameras, c.chunk_size, c.fake_format)
     todo = [k for k in range(len(chunks)) if not fake_store.chunk_path(fakes_dir, k).is_file()]
-    params = dict(num_cameras=s.num_cameras, num_train_ids=s.num_train_ids,
-                  num_test_ids=s.num_test_ids, images_per_id=s.images_per_id, height=s.height,
-                  width=s.width, seed=s.seed)
     from jaxreid.data import synthetic  # pylint: disable=import-outside-toplevel
+    params = synthetic.params_of(s)
     for k in tqdm(todo, desc='oracle fakes', unit='chunk', disable=None):
       rows = chunks[k]
       targets = [fake_store.target_cameras_of(int(camids[i]), num_cameras) for i in rows]

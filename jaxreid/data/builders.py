@@ -276,12 +276,8 @@ def _synthetic_root(name: str, tfds_dir: pathlib.Path, synthetic_config) -> path
   if synthetic_config is None:
     raise DataError(f'data set {name!r} needs synthetic_config=config.synthetic (its sizes)')
   from jaxreid.data import synthetic  # pylint: disable=import-outside-toplevel
-  c = synthetic_config
-  seed = c.seed + (1000 if name == 'synthetic_val' else 0)
-  return pathlib.Path(synthetic.write_market_folder(
-      tfds_dir.parent / 'synthetic' / name, num_cameras=c.num_cameras,
-      num_train_ids=c.num_train_ids, num_test_ids=c.num_test_ids,
-      images_per_id=c.images_per_id, height=c.height, width=c.width, seed=seed))
+  params = synthetic.params_of(synthetic_config, 1000 if name == 'synthetic_val' else 0)
+  return pathlib.Path(synthetic.write_market_folder(tfds_dir.parent / 'synthetic' / name, **params))
 
 
 def prepare(data_config, tfds_dir, *, synthetic_config=None) -> _ReidBuilder:

@@ -572,6 +572,14 @@ def render_in_cameras(file_names: Sequence[str], target_cameras: Sequence[Sequen
   return out
 
 
+def params_of(synthetic_config, seed_offset: int = 0) -> dict:
+  """The generator's keyword arguments from config.synthetic (seed_offset: another set, e.g. the
+  validation set)."""
+  params = {k: synthetic_config[k] for k in _PARAM_NAMES}
+  params['seed'] += seed_offset
+  return params
+
+
 def _params(**kwargs) -> dict:
   return {'version': VERSION, **{k: int(kwargs[k]) for k in _PARAM_NAMES}}
 
