@@ -48,6 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.synthetic.images_per_id = 8     # per identity, spread over >= 2 cameras
   c.synthetic.height = 128
   c.synthetic.width = 64
+  c.synthetic.shared_scene = False  # True: every camera overlooks one scene (they differ in look only)
 
   # ---------------------------------------------------------------- re-ID network (BUC)
   c.model = ml_collections.ConfigDict()

@@ -102,9 +102,11 @@ def _nearest(dist, mask):
   return np.where(mask, dist, np.inf).min(1)
 
 
-def test_camera_is_the_main_nuisance_on_raw_pixels():
+@pytest.mark.parametrize('shared_scene', [False, True])
+def test_camera_is_the_main_nuisance_on_raw_pixels(shared_scene):
   data = synthetic.generate(num_cameras=6, num_train_ids=1, num_test_ids=30, images_per_id=6,
-                            height=128, width=64, seed=0, progress=False)
+                            height=128, width=64, seed=0, shared_scene=shared_scene,
+                            progress=False)
   q, g = data.splits == 'query', data.splits == 'gallery'
   x = data.images.reshape(len(data.images), -1).astype(np.float64)
   dist = (x[q] ** 2).sum(1)[:, None] + (x[g] ** 2).sum(1)[None] - 2 * x[q] @ x[g].T
@@ -132,6 +134,35 @@ def test_existing_folder_is_reused_and_other_parameters_refused(small_folder):
   with pytest.raises(FileExistsError) as e:
     synthetic.write_market_folder(small_folder, **{**SMALL, 'seed': 9})
   assert 'seed=3 (asked 9)' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_folder_written_before_shared_scene_is_reused_as_per_camera_scenes(tmp_path):
+  root = synthetic.write_market_folder(tmp_path / 'market', **SMALL)
+  meta = json.loads((root / 'synthetic.json').read_text())
+  del meta['shared_scene']      # as folders written before the option existed
+  (root / 'synthetic.json').write_text(json.dumps(meta))
+  assert synthetic.write_market_folder(root, **SMALL) == root
+  with pytest.raises(FileExistsError) as e:
+    synthetic.write_market_folder(root, **SMALL, shared_scene=True)
+  assert 'shared_scene=False (asked True)' in str(e.value) and '\n' not in str(e.value)
+
+
+def test_shared_scene_keeps_the_people_and_makes_the_cameras_backgrounds_alike():
+  params = {**SMALL, 'num_train_ids': 40, 'num_cameras': 6}
+  own = synthetic.generate(**params, progress=False)
+  shared = synthetic.generate(**params, shared_scene=True, progress=False)
+  assert np.array_equal(own.pids, shared.pids) and np.array_equal(own.camids, shared.camids)
+  assert np.array_equal(own.splits, shared.splits)
+
+  def spread_of_camera_layouts(data):
+    # A camera's mean image is mostly its background; normalising each channel takes out the
+    # camera's colour and exposure, so what still differs between cameras is the scene layout.
+    means = np.stack([data.images[data.camids == c].astype(np.float64).mean(0)
+                      for c in range(params['num_cameras'])])
+    z = (means - means.mean((1, 2), keepdims=True)) / means.std((1, 2), keepdims=True)
+    return np.abs(z - z.mean(0)).mean()
+
+  assert spread_of_camera_layouts(shared) < 0.85 * spread_of_camera_layouts(own)
 
 
 def test_interrupted_write_leaves_nothing_and_can_be_redone(tmp_path, monkeypatch):
@@ -164,7 +195,7 @@ def test_folder_that_is_not_a_synthetic_set_is_refused(tmp_path):
 
 @pytest.mark.parametrize('key, value', [('num_cameras', 1), ('num_cameras', 10),
                                         ('images_per_id', 3), ('num_test_ids', 0),
-                                        ('height', 8), ('seed', 1.5)])
+                                        ('height', 8), ('seed', 1.5), ('shared_scene', 1)])
 def test_unusable_parameters_are_named_in_one_line(key, value, tmp_path):
   with pytest.raises(ValueError) as e:
     synthetic.write_market_folder(tmp_path / 'market', **{**SMALL, key: value})

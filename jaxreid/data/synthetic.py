@@ -2,10 +2,11 @@
 
 Identities are people-ish figures with structured clothing (torso colour and pattern, sleeves,
 trousers / shorts / skirt, shoes, hair, hat, bag, build); each image jitters pose, view (front /
-back), scale, crop and adds occluders. Each camera has a strong style of its own (scene background,
-colour cast, saturation, brightness, contrast, gamma, illumination gradient, blur, noise), so that
-camera is the main nuisance: on raw pixels a same-camera impostor is usually nearer than a
-cross-camera true match, as in Market-1501. Everything follows from one seed.
+back), scale, crop and adds occluders. Each camera has a strong style of its own (colour cast,
+saturation, brightness, contrast, gamma, illumination gradient, blur, noise, and by default a scene
+background of its own; `shared_scene=True` has every camera overlook one scene), so that camera is
+the main nuisance: on raw pixels a same-camera impostor is usually nearer than a cross-camera true
+match, as in Market-1501. Everything follows from one seed.
 
 `generate` returns the images in memory; `write_market_folder` writes them as a Market-1501 folder
 (bounding_box_train / query / bounding_box_test) that the ordinary folder reader turns into TFDS;
@@ -35,6 +36,7 @@ MAX_CAMERAS_PER_ID = 4
 _CHUNK = 32           # images rendered at once; fixed, so noise streams do not depend on it
 _PARAM_NAMES = ('num_cameras', 'num_train_ids', 'num_test_ids', 'images_per_id', 'height',
                 'width', 'seed')
+_FLAG_NAMES = ('shared_scene',)   # booleans; absent from folders written before they existed
 
 
 class SyntheticSet(NamedTuple):
@@ -47,9 +49,12 @@ class SyntheticSet(NamedTuple):
 
 # ------------------------------------------------------------------------------------- parameters
 
-def _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed):
+def _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
+                  shared_scene=False):
   def fail(name, value, expected):
     raise ValueError(f'synthetic data set: {name}={value!r}: expected {expected}')
+  if not isinstance(shared_scene, (bool, np.bool_)):
+    fail('shared_scene', shared_scene, 'True or False')
   for name, value in zip(_PARAM_NAMES, (num_cameras, num_train_ids, num_test_ids, images_per_id,
                                         height, width, seed)):
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
@@ -493,7 +498,8 @@ class _World(NamedTuple):
   img: dict            # per-image nuisance
 
 
-def _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed) -> _World:
+def _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
+           shared_scene=False) -> _World:
   """Draws the cameras, scenes, people and per-image nuisance of a parameter set."""
   num_ids = num_train_ids + num_test_ids
   style = _float32(_camera_styles(_rng(seed, 0), num_cameras))
@@ -501,6 +507,10 @@ def _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, widt
   # Planar [C, 3, SH, SW] like all images while rendering: per-channel operations are fast.
   scenes = np.stack([_scene(scene_rng, c, num_cameras, height, width).transpose(2, 0, 1)
                      for c in range(num_cameras)])
+  if shared_scene:
+    # Every camera overlooks camera 0's scene; the others are still drawn, so that the random
+    # streams (and so the people and their images) are those of the per-camera-scene set.
+    scenes = np.repeat(scenes[:1], num_cameras, axis=0)
   ids = _float32(_identities(_rng(seed, 2), num_ids))
   cams = _camera_assignment(_rng(seed, 3), num_ids, num_cameras, images_per_id).reshape(-1)
   pid_index = np.repeat(np.arange(num_ids), images_per_id)
@@ -522,10 +532,13 @@ def _file_names(cams: np.ndarray, pid_index: np.ndarray) -> list[str]:
 
 
 def generate(*, num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
-             height: int, width: int, seed: int, progress: bool = True) -> SyntheticSet:
+             height: int, width: int, seed: int, shared_scene: bool = False,
+             progress: bool = True) -> SyntheticSet:
   """Renders the whole data set in memory; the same arguments give the same bytes."""
-  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
-  w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
+  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
+                shared_scene)
+  w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
+             shared_scene)
   cams, pid_index = w.cams, w.pid_index
   # Test identities: the first image in each of their cameras is a query, the rest gallery.
   splits = np.where(pid_index < num_train_ids, 'train', 'gallery').astype('<U7')
@@ -544,7 +557,8 @@ def generate(*, num_cameras: int, num_train_ids: int, num_test_ids: int, images_
 
 def render_in_cameras(file_names: Sequence[str], target_cameras: Sequence[Sequence[int]], *,
                       num_cameras: int, num_train_ids: int, num_test_ids: int, images_per_id: int,
-                      height: int, width: int, seed: int) -> list[np.ndarray]:
+                      height: int, width: int, seed: int, shared_scene: bool = False
+                      ) -> list[np.ndarray]:
   """Re-renders named images of a parameter set as other cameras would record them.
 
   For each file name (as `write_market_folder` wrote it), the same person in the same pose, view,
@@ -552,8 +566,10 @@ def render_in_cameras(file_names: Sequence[str], target_cameras: Sequence[Sequen
   and look. Returns uint8 [len(target_cameras[i]), height, width, 3] per name. This is perfect
   camera-style transfer, which the synthetic set alone can give (an upper bound for the StarGAN).
   """
-  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
-  w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
+  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
+                shared_scene)
+  w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
+             shared_scene)
   index = {name: g for g, name in enumerate(_file_names(w.cams, w.pid_index))}
   out = []
   for name, targets in zip(file_names, target_cameras):
@@ -576,12 +592,14 @@ def params_of(synthetic_config, seed_offset: int = 0) -> dict:
   """The generator's keyword arguments from config.synthetic (seed_offset: another set, e.g. the
   validation set)."""
   params = {k: synthetic_config[k] for k in _PARAM_NAMES}
+  params.update({k: bool(synthetic_config.get(k, False)) for k in _FLAG_NAMES})
   params['seed'] += seed_offset
   return params
 
 
 def _params(**kwargs) -> dict:
-  return {'version': VERSION, **{k: int(kwargs[k]) for k in _PARAM_NAMES}}
+  return {'version': VERSION, **{k: int(kwargs[k]) for k in _PARAM_NAMES},
+          **{k: bool(kwargs.get(k, False)) for k in _FLAG_NAMES}}
 
 
 def _matches_existing(root: pathlib.Path, params: dict) -> bool:
@@ -599,7 +617,7 @@ def _matches_existing(root: pathlib.Path, params: dict) -> bool:
     return False
   try:
     found = json.loads(meta.read_text())
-    found = {k: found[k] for k in params}
+    found = {k: found.get(k, False) if k in _FLAG_NAMES else found[k] for k in params}
   except (ValueError, KeyError, TypeError) as e:
     raise FileExistsError(f'{meta}: unreadable ({type(e).__name__}: {e}); delete {root} to '
                           'regenerate') from None
@@ -612,7 +630,8 @@ def _matches_existing(root: pathlib.Path, params: dict) -> bool:
 
 
 def write_market_folder(root, *, num_cameras: int, num_train_ids: int, num_test_ids: int,
-                        images_per_id: int, height: int, width: int, seed: int) -> pathlib.Path:
+                        images_per_id: int, height: int, width: int, seed: int,
+                        shared_scene: bool = False) -> pathlib.Path:
   """Writes the data set as a Market-1501 folder at `root` (once; later calls just return it).
 
   Files are `PPPP_cCs1_FFFFFF_00.jpg` in bounding_box_train / query / bounding_box_test, plus
@@ -620,15 +639,16 @@ def write_market_folder(root, *, num_cameras: int, num_train_ids: int, num_test_
   renamed), so an interrupted call leaves nothing behind that a later call would trust.
   """
   root = pathlib.Path(root)
-  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed)
+  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
+                shared_scene)
   params = _params(num_cameras=num_cameras, num_train_ids=num_train_ids,
                    num_test_ids=num_test_ids, images_per_id=images_per_id, height=height,
-                   width=width, seed=seed)
+                   width=width, seed=seed, shared_scene=shared_scene)
   if _matches_existing(root, params):
     return root
   data = generate(num_cameras=num_cameras, num_train_ids=num_train_ids,
                   num_test_ids=num_test_ids, images_per_id=images_per_id, height=height,
-                  width=width, seed=seed)
+                  width=width, seed=seed, shared_scene=shared_scene)
   root.parent.mkdir(parents=True, exist_ok=True)
   tmp = pathlib.Path(tempfile.mkdtemp(dir=root.parent, prefix=f'.{root.name}.tmp-'))
   try:
