@@ -500,7 +500,9 @@ class _World(NamedTuple):
 
 def _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
            shared_scene=False) -> _World:
-  """Draws the cameras, scenes, people and per-image nuisance of a parameter set."""
+  """Draws the cameras, scenes, people and per-image nuisance of a parameter set (checked first)."""
+  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
+                shared_scene)
   num_ids = num_train_ids + num_test_ids
   style = _float32(_camera_styles(_rng(seed, 0), num_cameras))
   scene_rng = _rng(seed, 1)
@@ -535,8 +537,6 @@ def generate(*, num_cameras: int, num_train_ids: int, num_test_ids: int, images_
              height: int, width: int, seed: int, shared_scene: bool = False,
              progress: bool = True) -> SyntheticSet:
   """Renders the whole data set in memory; the same arguments give the same bytes."""
-  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
-                shared_scene)
   w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
              shared_scene)
   cams, pid_index = w.cams, w.pid_index
@@ -566,8 +566,6 @@ def render_in_cameras(file_names: Sequence[str], target_cameras: Sequence[Sequen
   and look. Returns uint8 [len(target_cameras[i]), height, width, 3] per name. This is perfect
   camera-style transfer, which the synthetic set alone can give (an upper bound for the StarGAN).
   """
-  _check_params(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
-                shared_scene)
   w = _world(num_cameras, num_train_ids, num_test_ids, images_per_id, height, width, seed,
              shared_scene)
   index = {name: g for g, name in enumerate(_file_names(w.cams, w.pid_index))}
