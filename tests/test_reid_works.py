@@ -31,6 +31,7 @@ def setup():
   cfg.data.height, cfg.data.width = 64, 32
   cfg.train.batch_size = 32
   cfg.train.step0_lr_decay_epoch = 15   # the schedule these bars were measured with
+  cfg.train.backbone_lr_mult = 0.1
   data = synthetic.generate(num_cameras=4, num_train_ids=60, num_test_ids=40, images_per_id=8,
                             height=64, width=32, seed=0, progress=False)
   split = {s: np.flatnonzero(data.splits == s) for s in ('train', 'query', 'gallery')}
