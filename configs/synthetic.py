@@ -34,7 +34,7 @@ def get_config():
   c.train.step0_lr_decay_epoch = 120
   c.train.later_epochs = 15
   c.cluster.merge_percent = 0.1   # 8 merging steps instead of 18
-  # 600 iterations take about 2.5 CPU minutes (151 s measured). With these settings the fakes take
+  # 600 iterations take 1 to 2.5 CPU minutes (70 s on a quiet machine, 151 s measured before). With these settings the fakes take
   # the target camera's style and keep the identity (tests/test_camstyle_works.py). At a learning
   # rate of 1e-3 they lose the identity (per-camera averages); at 300 iterations they keep less
   # of it.
