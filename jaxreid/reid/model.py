@@ -1,4 +1,4 @@
-"""The re-ID network of BUC: a ResNet trunk plus the head giving `feature` and `embedding`.
+"""The re-ID network of BUC: a trunk (ResNet or EfficientNet-Lite) plus the head giving `feature` and `embedding`.
 
 `feature` = L2-normalise(pooled trunk output), used for clustering and evaluation.
 `embedding` = Dropout(L2-normalise(BatchNorm1d(Linear(pooled)))), used only by the repelled loss.
@@ -16,12 +16,20 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from jaxreid.reid import fast_conv, resnet
+from jaxreid.reid import efficientnet, fast_conv, resnet
 
 # BUC: Linear with kaiming_normal_(mode='fan_out') (gain sqrt(2)), bias 0.
 head_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 _DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+ARCHS = (*resnet.ARCHS, *efficientnet.ARCHS)
+
+
+def feature_dim(arch: str) -> int:
+  """Channels of the pooled trunk output, the `feature` (2048 for ResNet-50, 1280 for Lite0)."""
+  if arch in efficientnet.ARCHS:
+    return efficientnet.HEAD_WIDTH
+  return resnet.feature_dim(arch)
 
 
 def l2_normalize(x, eps: float = 1e-12):
@@ -38,11 +46,17 @@ class ReidNet(nn.Module):
   last_stride: int = 2
   dtype: Any = jnp.float32
   conv: Any = nn.Conv
+  drop_connect: float = 0.2     # EfficientNet-Lite only: per-sample residual-branch dropout
+  frozen_stages: int = 0        # EfficientNet-Lite only: leading stages kept as initialised
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    pooled = resnet.ResNet(self.arch, self.last_stride, self.dtype, self.conv,
-                           name='backbone')(images, train)
+    if self.arch in efficientnet.ARCHS:
+      trunk = efficientnet.EfficientNetLite(self.arch, self.drop_connect, self.dtype, self.conv,
+                                            self.frozen_stages, name='backbone')
+    else:
+      trunk = resnet.ResNet(self.arch, self.last_stride, self.dtype, self.conv, name='backbone')
+    pooled = trunk(images, train)
     e = nn.Dense(self.embedding_dim, kernel_init=head_init, bias_init=nn.initializers.zeros,
                  dtype=self.dtype, name='embed')(pooled)
     e = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
@@ -58,7 +72,8 @@ def build_model(model_config: ml_collections.ConfigDict, conv: Any = None) -> Re
 
   `conv` overrides the convolution module chosen by `config.model.conv`.
   """
-  resnet.arch_spec(model_config.arch)
+  if model_config.arch not in ARCHS:
+    raise ValueError(f'config.model.arch={model_config.arch!r}: expected one of {ARCHS}')
   if model_config.dtype not in _DTYPES:
     raise ValueError(f'config.model.dtype={model_config.dtype!r}: expected one of '
                      f'{tuple(_DTYPES)}')
@@ -66,10 +81,28 @@ def build_model(model_config: ml_collections.ConfigDict, conv: Any = None) -> Re
     raise ValueError(f'config.model.last_stride={model_config.last_stride!r}: expected 1 or 2')
   if not 0.0 <= model_config.dropout < 1.0:
     raise ValueError(f'config.model.dropout={model_config.dropout!r}: expected a value in [0, 1)')
+  drop_connect = model_config.get('drop_connect', 0.2)
+  if not 0.0 <= drop_connect < 1.0:
+    raise ValueError(f'config.model.drop_connect={drop_connect!r}: expected a value in [0, 1)')
+  frozen = model_config.get('frozen_stages', 0)
+  if frozen and model_config.arch not in efficientnet.ARCHS:
+    raise ValueError(f'config.model.frozen_stages={frozen!r}: only efficientnet_lite0 has frozen '
+                     f'stages; expected 0 for config.model.arch={model_config.arch!r}')
+  if not 0 <= frozen <= len(efficientnet.LITE0_STAGES):
+    raise ValueError(f'config.model.frozen_stages={frozen!r}: expected 0 to '
+                     f'{len(efficientnet.LITE0_STAGES)}')
   return ReidNet(arch=model_config.arch, embedding_dim=model_config.embedding_dim,
                  dropout=model_config.dropout, last_stride=model_config.last_stride,
+                 drop_connect=drop_connect, frozen_stages=frozen,
                  dtype=_DTYPES[model_config.dtype],
                  conv=conv or fast_conv.conv_module(model_config.get('conv', 'auto')))
+
+
+def frozen_modules(model_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """Backbone modules that `config.model.frozen_stages` keeps as initialised (no update)."""
+  if model_config.arch not in efficientnet.ARCHS:
+    return ()
+  return efficientnet.frozen_modules(model_config.get('frozen_stages', 0))
 
 
 def key_data(rng: jax.Array) -> jax.Array:

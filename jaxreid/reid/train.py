@@ -44,12 +44,18 @@ class TrainState:
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
-def _sgd(learning_rate, momentum, weight_decay, backbone_lr_mult, nesterov):
-  """torch.optim.SGD: decay added to the gradient before (Nesterov) momentum, lr applied last."""
+def _sgd(learning_rate, momentum, weight_decay, backbone_lr_mult, nesterov, frozen=()):
+  """torch.optim.SGD: decay added to the gradient before (Nesterov) momentum, lr applied last.
+
+  Backbone modules named in `frozen` get no update at all (no weight decay either).
+  """
   def scale_backbone(updates, params):
     del params
-    return {k: (jax.tree.map(lambda u: u * backbone_lr_mult, v) if k == 'backbone' else v)
-            for k, v in updates.items()}
+    def backbone(tree):
+      return {name: jax.tree.map(jnp.zeros_like if name in frozen else
+                                 (lambda u: u * backbone_lr_mult), sub)
+              for name, sub in tree.items()}
+    return {k: (backbone(v) if k == 'backbone' else v) for k, v in updates.items()}
 
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
@@ -58,13 +64,18 @@ def _sgd(learning_rate, momentum, weight_decay, backbone_lr_mult, nesterov):
       optax.scale_by_learning_rate(learning_rate))
 
 
-def make_optimizer(train_config: ml_collections.ConfigDict, lr: float | None = None
-                   ) -> optax.GradientTransformation:
-  """SGD of BUC; the learning rate lives in the optimiser state (see `with_learning_rate`)."""
+def make_optimizer(train_config: ml_collections.ConfigDict, lr: float | None = None,
+                   frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """SGD of BUC; the learning rate lives in the optimiser state (see `with_learning_rate`).
+
+  `frozen`: backbone modules left as initialised (`model_lib.frozen_modules`).
+  """
   lr = train_config.step0_lr if lr is None else lr
-  return optax.inject_hyperparams(_sgd, static_args=('nesterov',), hyperparam_dtype=jnp.float32)(
+  return optax.inject_hyperparams(_sgd, static_args=('nesterov', 'frozen'),
+                                  hyperparam_dtype=jnp.float32)(
       learning_rate=lr, momentum=train_config.momentum, weight_decay=train_config.weight_decay,
-      backbone_lr_mult=train_config.backbone_lr_mult, nesterov=train_config.nesterov)
+      backbone_lr_mult=train_config.backbone_lr_mult, nesterov=train_config.nesterov,
+      frozen=tuple(frozen))
 
 
 def learning_rate(train_config: ml_collections.ConfigDict, merge_step: int, epoch: int) -> float:
@@ -106,7 +117,7 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int, rng:
   """A fresh state on the mesh: initialised network, zero table of `num_classes` rows, step-0 lr."""
   _check_num_classes(num_classes)
   variables = init_variables(config, jax.random.fold_in(rng, 0))
-  tx = make_optimizer(config.train)
+  tx = make_optimizer(config.train, frozen=model_lib.frozen_modules(config.model))
   state = TrainState(
       params=variables['params'], batch_stats=variables['batch_stats'],
       opt_state=tx.init(variables['params']),
@@ -125,7 +136,7 @@ def reset_for_new_labels(state: TrainState, num_classes: int, config: ml_collect
   """After a merge: zero table of `num_classes` rows, fresh optimiser at `lr`; weights kept."""
   _check_num_classes(num_classes)
   sharding = _replicated_like(state)
-  tx = make_optimizer(config.train, lr)
+  tx = make_optimizer(config.train, lr, frozen=model_lib.frozen_modules(config.model))
   fresh = jax.jit(lambda p: (tx.init(p), memory.zeros(num_classes, config.model.embedding_dim)),
                   out_shardings=sharding)
   opt_state, table = fresh(state.params)
@@ -140,7 +151,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, conv: Any = N
   normalised on the device. Metrics: loss, accuracy (argmax of the table logits), lr.
   """
   net = model_lib.build_model(config.model, **({'conv': conv} if conv is not None else {}))
-  tx = make_optimizer(config.train)
+  tx = make_optimizer(config.train, frozen=model_lib.frozen_modules(config.model))
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   temperature = float(config.memory.temperature)
   if temperature <= 0:
