@@ -38,16 +38,17 @@ class ExportError(ValueError):
   """An export cannot be made as asked; the message is one line saying what was expected."""
 
 
-def feature_function(variables: Mapping[str, Any], config: ml_collections.ConfigDict
-                     ) -> Callable[[jax.Array], jax.Array]:
+def feature_function(variables: Mapping[str, Any], config: ml_collections.ConfigDict,
+                     conv: str = 'native') -> Callable[[jax.Array], jax.Array]:
   """images uint8 [b, H, W, 3] -> float32 [b, d] `feature` of the model, weights as constants.
 
-  Built with the native convolution: the slices + matmul form that config.model.conv may pick on
-  CPU is a CPU speed-up, while a serving file should let its runtime choose the kernels.
+  `conv`: the convolution mode (see jaxreid.reid.fast_conv). 'native' by default: the slices +
+  matmul form that config.model.conv may pick is an XLA:CPU speed-up, while an ONNX runtime picks
+  its own convolution kernels.
   """
   from jaxreid.data import augment
   from jaxreid.reid import fast_conv, model as model_lib
-  net = model_lib.build_model(config.model, conv=fast_conv.conv_module('native'))
+  net = model_lib.build_model(config.model, conv=fast_conv.conv_module(conv))
   weights = jax.tree.map(jnp.asarray, {'params': variables['params'],
                                        'batch_stats': variables['batch_stats']})
   mean, std = tuple(config.data.mean), tuple(config.data.std)
@@ -81,11 +82,22 @@ def _feature_dim(fn, h: int, w: int) -> int:
 
 def to_jax(variables: Mapping[str, Any], config: ml_collections.ConfigDict,
            platforms: Sequence[str] = JAX_PLATFORMS) -> tuple[bytes, dict[str, str]]:
-  """(serialized jax.export.Exported with a symbolic batch, metadata) of the model's feature."""
+  """(serialized jax.export.Exported with a symbolic batch, metadata) of the model's feature.
+
+  On CPU the file runs the convolutions as config.model.conv chooses them on CPU (as
+  FeatureExtractor does: XLA:CPU's convolution is slow on small maps), elsewhere the native ones;
+  XLA keeps only the caller's platform's branch.
+  """
   fn = feature_function(variables, config)
+  # 'auto' decides at trace time from the exporting machine's backend: exported on a CPU, the CPU
+  # branch holds the matmul forms; exported on an accelerator, both branches are native.
+  on_cpu = feature_function(variables, config, config.model.get('conv', 'auto'))
   h, w = int(config.data.height), int(config.data.width)
   batch, = jax.export.symbolic_shape('batch')
-  exported = jax.export.export(jax.jit(fn), platforms=tuple(platforms))(
+
+  def features(images):
+    return jax.lax.platform_dependent(images, cpu=on_cpu, default=fn)
+  exported = jax.export.export(jax.jit(features), platforms=tuple(platforms))(
       jax.ShapeDtypeStruct((batch, h, w, 3), jnp.uint8))
   return bytes(exported.serialize()), metadata(config, _feature_dim(fn, h, w))
 

@@ -29,6 +29,7 @@ class NoJaxreid(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoJaxreid())
 import jax, numpy as np
 exported = jax.export.deserialize(bytearray(open(sys.argv[1], 'rb').read()))
+assert exported.platforms == ('cpu', 'cuda'), exported.platforms  # one file for CPU and GPU
 for path in sys.argv[2:]:
   np.save(path + '.out.npy', np.asarray(exported.call(np.load(path))))
 assert not any(m.split('.')[0] == 'jaxreid' for m in sys.modules)
