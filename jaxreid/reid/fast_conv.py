@@ -121,6 +121,9 @@ class FastConv(nn.Module):
     return y
 
 
+# Cached: one object per mode, so that two networks built from one config compare equal and
+# jitted functions keyed on the network (extract._feature_fn) are compiled once, not per call.
+@functools.lru_cache(maxsize=None)
 def conv_module(mode: str, max_output_pixels: int = AUTO_MAX_OUTPUT_PIXELS) -> Any:
   """The convolution class for `config.model.conv` ('auto' | 'native' | 'matmul')."""
   use_matmul(mode, 0)   # validates the name
