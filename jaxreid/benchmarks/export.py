@@ -30,6 +30,18 @@ def _best_rate(fn, images: np.ndarray, repeats: int) -> float:
   return len(images) / best
 
 
+def cpu_name() -> str:
+  """The processor's model name (lscpu's), else the architecture."""
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine()
+
+
 def main(argv=None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--small', action='store_true', help='ResNet-18, 128 x 64, 64 images')
@@ -82,7 +94,7 @@ def main(argv=None) -> None:
     onnx_rate = _best_rate(onnx_fn, images, args.repeats)
     jax_rate = _best_rate(jax_fn, images, args.repeats)
 
-  cpu = platform.processor() or platform.machine()
+  cpu = cpu_name()
   print(f'{arch} at {height}x{width}, {num} images, batch {args.batch_size}, {os.cpu_count()} '
         f'cores ({cpu}), jax devices: {jax.device_count()}')
   print(f'FeatureExtractor (XLA:CPU, all cores)   {base:8.1f} images/s')
