@@ -106,8 +106,8 @@ def to_onnx(variables: Mapping[str, Any], config: ml_collections.ConfigDict) -> 
   """The serialized ONNX model of the feature (input `images`, output `feature`, batch free)."""
   fn = feature_function(variables, config)
   h, w = int(config.data.height), int(config.data.width)
-  jax2onnx = _import_onnx_converter()
-  with _without_transpose_pair_pass():
+  import jax2onnx
+  with _quiet_plugin_loading(), _without_transpose_pair_pass():
     model = jax2onnx.to_onnx(fn, [jax.ShapeDtypeStruct(('batch', h, w, 3), jnp.uint8)],
                              model_name='jaxreid_feature', input_names=[INPUT_NAME],
                              output_names=[OUTPUT_NAME])
@@ -119,19 +119,18 @@ def to_onnx(variables: Mapping[str, Any], config: ml_collections.ConfigDict) -> 
   return model.SerializeToString()
 
 
-def _import_onnx_converter():
-  import logging
-  # jax2onnx imports its example plugins eagerly and logs a traceback for each optional library
-  # they use (equinox, dm_pix); none of them is needed here.
-  logger = logging.getLogger('jax2onnx.plugins.plugin_system')
-  level = logger.level
-  logger.setLevel(logging.ERROR)
-  try:
-    import jax2onnx
-    jax2onnx.to_onnx  # noqa: B018 - the converter loads its plugins lazily, on first use
-    return jax2onnx
-  finally:
-    logger.setLevel(level)
+class _quiet_plugin_loading:
+  """jax2onnx loads all its plugins on first use and logs a traceback for each example plugin
+  whose optional library (equinox, dm_pix) is absent; none of them is needed here."""
+
+  def __enter__(self):
+    import logging
+    self.logger = logging.getLogger('jax2onnx.plugins.plugin_system')
+    self.level = self.logger.level
+    self.logger.setLevel(logging.ERROR)
+
+  def __exit__(self, *exc):
+    self.logger.setLevel(self.level)
 
 
 class _without_transpose_pair_pass:
