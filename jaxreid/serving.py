@@ -189,12 +189,11 @@ def export_model(path: str | os.PathLike, fmt: str, out: str | os.PathLike) -> l
     raise ExportError(f'--format={fmt!r}: expected one of {FORMATS}')
   out = pathlib.Path(out)
   _check_writable(out)
+  _check_extra(*(('jax2onnx', 'onnx') if fmt == 'onnx' else ('flatbuffers',)))
   variables, config = export.load_model(path)
   if fmt == 'onnx':
-    _check_extra('jax2onnx', 'onnx')
     _write(out, to_onnx(variables, config))
     return [out]
-  _check_extra('flatbuffers')
   data, meta = to_jax(variables, config)
   side = out.with_name(out.name + '.json')
   _write(out, data)

@@ -1,5 +1,6 @@
 """Serving files: ONNX under onnxruntime and the deserialized JAX function equal FeatureExtractor."""
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -119,6 +120,8 @@ def test_cli_writes_the_file_and_prints_its_path(monkeypatch, capsys, tmp_path):
 
 
 def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path):
+  pytest.importorskip('jax2onnx')
+  pytest.importorskip('flatbuffers')
   model_dir, _ = saved_model(tmp_path, 'tiny')
   (tmp_path / 'empty').mkdir()
   good = f'--workdir={model_dir}'
@@ -151,6 +154,18 @@ def test_weights_of_another_model_are_one_line(monkeypatch, capsys, tmp_path):
   (model_dir / export.VARIABLES_FILE).write_bytes((resnet / export.VARIABLES_FILE).read_bytes())
   with pytest.raises(export.ModelError, match='belong to different models$'):
     FeatureExtractor(model_dir)
-  code, err, _ = run_cli(monkeypatch, capsys, f'--workdir={model_dir}', '--format=jax',
-                         f'--out={tmp_path / "x.jax"}')
-  assert code == 1 and 'belong to different models' in err and '\n' not in err.strip()
+  if importlib.util.find_spec('flatbuffers') is not None:
+    code, err, _ = run_cli(monkeypatch, capsys, f'--workdir={model_dir}', '--format=jax',
+                           f'--out={tmp_path / "x.jax"}')
+    assert code == 1 and 'belong to different models' in err and '\n' not in err.strip()
+
+
+def test_missing_export_extra_is_one_line(monkeypatch, capsys, tmp_path):
+  model_dir, _ = saved_model(tmp_path, 'tiny')
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'jax2onnx' else real(name, *a))
+  code, err, _ = run_cli(monkeypatch, capsys, f'--workdir={model_dir}', '--format=onnx',
+                         f'--out={tmp_path / "x.onnx"}')
+  assert code == 1 and err.startswith('jaxreid export: jax2onnx')
+  assert err.endswith('not installed; expected the export extra (pip install "jaxreid[export]")')
