@@ -52,6 +52,9 @@ def run():
   if len(sys.argv) > 1 and sys.argv[1] == 'plot':
     from jaxreid import viz
     sys.exit(viz.plot_main(sys.argv[2:]))
+  if len(sys.argv) > 1 and sys.argv[1] == 'export':
+    from jaxreid import serving
+    sys.exit(serving.export_main(sys.argv[2:]))
   flags.mark_flags_as_required(['config', 'workdir'])
   try:
     app.run(main, flags_parser=_parse_flags)

@@ -159,6 +159,11 @@ def test_slice_max_pool_equals_native_outputs_and_gradients_with_ties(hw, window
   # Bit for bit: the same first-maximum routing and the same order of summing overlaps.
   np.testing.assert_array_equal(vjp(g)[0], native_vjp(g)[0])
   np.testing.assert_allclose(vjp(g)[0], ref_g, rtol=1e-6, atol=1e-6)
+  # The 'native' mode's pool (padded before a VALID flax pool) is flax's padded pool, bit for bit.
+  got, vjp = jax.vjp(lambda x: fast_conv.max_pool('native', x, window, strides, padding),
+                     jnp.asarray(x))
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(vjp(g)[0], native_vjp(g)[0])
 
 
 def test_max_pool_follows_the_conv_mode(monkeypatch):

@@ -10,7 +10,7 @@ from PIL import Image
 from jaxreid import configlib, parallel
 from jaxreid.data import augment
 from jaxreid.reid import FeatureExtractor, export, extract_features, extract_support_features
-from jaxreid.reid import model
+from jaxreid.reid import extract, model
 
 common = configlib.load_sibling(
     str(pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'x.py'), 'common')
@@ -71,6 +71,18 @@ def test_feature_extractor_from_a_work_dir_on_paths_and_arrays(trained, tmp_path
   big = np.repeat(np.repeat(images[:2], 2, axis=1), 2, axis=2)
   want = np.stack([augment.resize(b, 32, 16) for b in big])
   np.testing.assert_allclose(extractor(big), extractor(want), rtol=1e-6)
+
+
+def test_feature_extractor_compiles_once_for_repeated_calls(trained, tmp_path):
+  cfg, variables, images, reference = trained
+  assert model.build_model(cfg.model) == model.build_model(cfg.model)
+  export.save_model(tmp_path / 'm', variables, cfg)
+  extractor = FeatureExtractor(tmp_path / 'm')
+  extractor(images[:3])
+  before = extract._feature_fn.cache_info()
+  np.testing.assert_allclose(extractor(images[3:6]), reference[3:6], rtol=1e-5, atol=1e-6)
+  after = extract._feature_fn.cache_info()
+  assert (after.hits, after.misses) == (before.hits + 1, before.misses)
 
 
 def test_feature_extractor_errors_are_one_line(trained, tmp_path):

@@ -9,12 +9,14 @@ A work dir holds its models as <workdir>/best_model (the best validation score) 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import serialization
@@ -90,4 +92,45 @@ def load_model(path: str | os.PathLike) -> tuple[dict, ml_collections.ConfigDict
   except (OSError, ValueError) as e:
     raise ModelError(f'{directory / VARIABLES_FILE}: unreadable ({type(e).__name__}); expected '
                      'the variables written by jaxreid.reid.export.save_model') from None
-  return jax.tree.map(np.asarray, variables), config
+  variables = jax.tree.map(np.asarray, variables)
+  check_variables(variables, config, directory)
+  return variables, config
+
+
+def _leaves(variables) -> dict[str, tuple]:
+  """{'params/a/kernel': shape, ...}, params first."""
+  out = {}
+  for collection in ('params', 'batch_stats'):
+    flat, _ = jax.tree_util.tree_flatten_with_path(variables.get(collection, {}))
+    out.update({'/'.join([collection, *(str(getattr(k, 'key', k)) for k in path)]):
+                tuple(np.shape(leaf)) for path, leaf in flat})
+  return out
+
+
+def check_variables(variables: Mapping[str, Any], config: ml_collections.ConfigDict,
+                    directory: str | os.PathLike) -> None:
+  """One-line ModelError unless `variables` have the names and shapes of config.model's network
+  (weights of another arch or embedding size would otherwise fail deep inside the first call)."""
+  from jaxreid.reid import model as model_lib
+  directory = pathlib.Path(directory)
+  try:
+    net = model_lib.build_model(config.model)
+    h, w = int(config.data.height), int(config.data.width)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    raise ModelError(f'{directory / META_FILE}: unusable model config ({e})') from None
+  expected = jax.eval_shape(functools.partial(net.init, train=False), jax.random.key(0),
+                            jax.ShapeDtypeStruct((1, h, w, 3), jnp.float32))
+  want, got = _leaves(expected), _leaves(variables)
+  model = f'the {config.model.arch} model of {META_FILE} (embedding_dim {config.model.embedding_dim})'
+  where = directory / VARIABLES_FILE
+  for name, shape in want.items():
+    if name not in got:
+      raise ModelError(f'{where}: has no {name}, which {model} needs; the weights and '
+                       f'{META_FILE} belong to different models')
+    if got[name] != shape:
+      raise ModelError(f'{where}: {name} has shape {got[name]}, {model} expects {shape}; the '
+                       f'weights and {META_FILE} belong to different models')
+  extra = sorted(set(got) - set(want))
+  if extra:
+    raise ModelError(f'{where}: holds {extra[0]} (and {len(extra) - 1} more) that {model} does '
+                     f'not have; the weights and {META_FILE} belong to different models')

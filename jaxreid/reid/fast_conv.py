@@ -121,6 +121,9 @@ class FastConv(nn.Module):
     return y
 
 
+# Cached: one object per mode, so that two networks built from one config compare equal and
+# jitted functions keyed on the network (extract._feature_fn) are compiled once, not per call.
+@functools.lru_cache(maxsize=None)
 def conv_module(mode: str, max_output_pixels: int = AUTO_MAX_OUTPUT_PIXELS) -> Any:
   """The convolution class for `config.model.conv` ('auto' | 'native' | 'matmul')."""
   use_matmul(mode, 0)   # validates the name
@@ -204,7 +207,10 @@ def max_pool(mode: str, x: jax.Array, window: Sequence[int], strides: Sequence[i
     raise ValueError(f'config.model.conv={mode!r}: expected one of {CONV_MODES}')
   if mode == 'matmul' or (mode == 'auto' and jax.default_backend() == 'cpu'):
     return slice_max_pool(x, window, strides, padding)
-  return nn.max_pool(x, tuple(window), tuple(strides), tuple(padding))
+  # Padded here, not by nn.max_pool: the same values, and ONNX converters that replace flax's
+  # pooling (jax2onnx) take only 'SAME' / 'VALID' padding, not explicit pairs.
+  x = jnp.pad(x, ((0, 0), *(tuple(p) for p in padding), (0, 0)), constant_values=-jnp.inf)
+  return nn.max_pool(x, window_shape=tuple(window), strides=tuple(strides), padding='VALID')
 
 
 def conv_mode(conv: Any) -> str:
