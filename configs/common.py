@@ -86,6 +86,8 @@ def get_config() -> ml_collections.ConfigDict:
   # Support-set sampling: probability of drawing the real image ('' -> uniform over the set).
   c.train.real_prob = -1.0       # < 0: uniform over {real, L-1 fakes}
   c.train.log_every = 50
+  # True: train on the true identities (a supervised upper bound for reports, not the method).
+  c.train.true_identities = False
 
   # ---------------------------------------------------------------- bottom-up merging
   c.cluster = ml_collections.ConfigDict()
