@@ -87,6 +87,7 @@ def step8():
   return config, mesh, train.make_train_step(config, L, total, decay, mesh)
 
 
+@pytest.mark.slow
 def test_critic_loss_is_the_wgan_gp_loss_of_the_reference(step8):
   config, mesh, step = step8
   state = parallel.replicate(train.init_state(config, L), mesh)
@@ -96,6 +97,7 @@ def test_critic_loss_is_the_wgan_gp_loss_of_the_reference(step8):
   assert 'g_loss' not in metrics  # iteration 0 of n_critic = 2: D only
 
 
+@pytest.mark.slow
 def test_generator_moves_every_n_critic_iterations_only(step8):
   config, mesh, step = step8
   state = parallel.replicate(train.init_state(config, L), mesh)
@@ -123,6 +125,7 @@ def test_learning_rate_is_constant_then_linear_to_zero():
   assert train.iterations(c, num_images=20) == (30, 2, 15)     # the same decay fraction
 
 
+@pytest.mark.slow
 def test_a_step_gives_the_same_result_on_one_and_eight_devices(step8):
   config, mesh8, step8 = step8
   mesh1 = parallel.make_mesh(jax.devices()[:1])
@@ -178,6 +181,7 @@ def test_batches_depend_on_seed_and_iteration_only_not_on_the_mesh():
   np.testing.assert_array_equal(batch['image'][j], want[:, ::-1] if a['flip'][j] else want)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_final_state(tmp_path, monkeypatch):
   config = _config()
   mesh = parallel.make_mesh()
