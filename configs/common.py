@@ -1,4 +1,4 @@
-"""Shared defaults: every number fixed by the references (see ../shared/REFERENCE.md) as a field.
+"""Shared defaults: every number the paper, BUC and HHL fix (docs/method.md), as a field.
 
 Dataset configs start from `get_config()` here and override what differs. Ablations of the paper
 are overrides of these fields, never code forks.

@@ -13,6 +13,7 @@ are made once. The table is printed and written to <workdir>/table.md.
 
 from __future__ import annotations
 
+import ast
 import copy
 import pathlib
 import shutil
@@ -51,17 +52,28 @@ def total_epochs(config) -> int:
 def with_overrides(config, overrides: dict):
   """A copy of `config` with dotted-key overrides applied (unknown keys fail, naming the key)."""
   config = copy.deepcopy(config)
+  was_locked = config.is_locked
+  config.lock()   # a locked ConfigDict refuses new keys instead of adding them
   for key, value in overrides.items():
-    node, parts = config, key.split('.')
-    for part in parts[:-1]:
-      node = node[part]
-    if parts[-1] not in node:
-      raise configlib.ConfigError(f'unknown config key {key}')
-    old = node[parts[-1]]
-    if isinstance(old, bool) and isinstance(value, str):
-      value = value.strip().lower() in ('1', 'true', 'yes')
-    node[parts[-1]] = type(old)(value)
+    try:
+      config.update_from_flattened_dict({key: value})
+    except (AttributeError, KeyError):
+      raise configlib.ConfigError(f'unknown config key {key}') from None
+    except TypeError as e:
+      raise configlib.ConfigError(f'{key}={value!r}: {e}') from None
+  if not was_locked:
+    config.unlock()
   return config
+
+
+def _parse(text: str):
+  """A --sweep value as a Python literal (0.05, 3, True; true / false too), else the string."""
+  if text.strip().lower() in ('true', 'false'):
+    return text.strip().lower() == 'true'
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
 
 
 def variants(config, only=None, sweep: str = '') -> dict:
@@ -72,7 +84,7 @@ def variants(config, only=None, sweep: str = '') -> dict:
     if not values:
       raise configlib.ConfigError(f'--sweep={sweep!r}: expected key=v1,v2,...')
     for value in values.split(','):
-      cfg = with_overrides(config, {key: value})
+      cfg = with_overrides(config, {key: _parse(value)})
       out[f'{key.split(".")[-1]}={value}'] = (f'{key} = {value}', cfg)
     return out
   for name in only or ABLATIONS:
@@ -139,11 +151,12 @@ def run_all(config, workdir: str | pathlib.Path, only=None, sweep: str = '') -> 
 
 def format_table(rows: list[dict]) -> str:
   """A markdown table: rank-1/5/10/20, mAP and mINP (%) of each variant's kept model."""
-  keys = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
+  from jaxreid.evaluation import METRIC_KEYS
   lines = ['| variant | rank-1 | rank-5 | rank-10 | rank-20 | mAP | mINP |',
            '| --- | ---: | ---: | ---: | ---: | ---: | ---: |']
   for r in rows:
-    lines.append(f"| {r['description']} | " + ' | '.join(f'{100 * r[k]:.1f}' for k in keys) + ' |')
+    cells = ' | '.join(f'{100 * r[k]:.1f}' for k in METRIC_KEYS)
+    lines.append(f"| {r['description']} | {cells} |")
   return '\n'.join(lines)
 
 

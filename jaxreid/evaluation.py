@@ -1,8 +1,9 @@
 """Re-ID evaluation: CMC, mAP and mINP under the Market-1501 protocol, with blocked jax kernels.
 
-Protocol (torchreid / open-reid, see REFERENCE.md): rank the gallery by ascending squared Euclidean
-distance, ties broken by gallery order (a stable sort); drop gallery items with the query's pid AND
-camera; skip queries left without a true match. Distractors (pid 0) are ordinary wrong matches.
+Protocol (Market-1501's, as torchreid and open-reid compute it; docs/method.md): rank the gallery
+by ascending squared Euclidean distance, ties broken by gallery order (a stable sort); drop gallery
+items with the query's pid AND camera; skip queries left without a true match. Distractors (pid 0)
+are ordinary wrong matches.
 
 How it runs: query rows go in blocks over the device mesh (rows split over 'data', gallery
 replicated), so no device or host holds more than a block x gallery slab, and only four numbers per
@@ -28,6 +29,10 @@ from jax import lax
 from jax.sharding import Mesh
 
 from jaxreid import parallel
+from jaxreid.clustering.distance import squared_norms
+
+# The numbers a run reports, as fractions in [0, 1]: CMC at ranks 1, 5, 10, 20, mAP and mINP.
+METRIC_KEYS = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
 
 # Per-block true-match width above which a stable sort of the row (G log G) is cheaper than
 # counting (K x G); measured on CPU at Market size, where the two cost the same near K ~ 140.
@@ -114,18 +119,7 @@ def _sort_from_features(qf, gf, g_sq, q_pid, q_cam, g_pid, g_cam):
   return _sort_metrics(_sq_distances(qf, gf, g_sq), q_pid, q_cam, g_pid, g_cam)
 
 
-@jax.jit
-def _squared_norms(x):
-  return jnp.sum(x * x, axis=1)
-
-
 # ------------------------------------------------------------ host side: inputs and truth
-
-def _put(x: np.ndarray, sharding) -> jax.Array:
-  """A global array from a host value every process holds in full (single- or multi-host)."""
-  x = np.ascontiguousarray(x)
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
-
 
 def _labels(query: Any, gallery: Any, what: str, num_q: int, num_g: int):
   """Query/gallery labels (pids or camids) as compact int32 codes; only equality matters."""
@@ -212,12 +206,13 @@ def pairwise_sq_distances(query_features: Any, gallery_features: Any, block_size
     raise ValueError(f'query_features have dimension {qf.shape[1]} but gallery_features '
                      f'{gf.shape[1]}; expected the same feature dimension')
   rows = min(_check_block_size(block_size, mesh), _check_block_size(len(qf), mesh))
-  gf_dev = _put(gf, parallel.replicated(mesh))
-  g_sq = _squared_norms(gf_dev)
+  gf_dev = parallel.put_global(gf, parallel.replicated(mesh))
+  g_sq = squared_norms(gf_dev)
   out = np.empty((len(qf), len(gf)), np.float32)
   for start in tqdm.trange(0, len(qf), rows, desc='distances', leave=False, disable=None):
     block = _pad_rows(qf[start:start + rows], rows)
-    d = parallel.to_host(_distances_jit(_put(block, parallel.data_sharding(mesh)), gf_dev, g_sq))
+    block_dev = parallel.put_global(block, parallel.data_sharding(mesh))
+    d = parallel.to_host(_distances_jit(block_dev, gf_dev, g_sq))
     out[start:start + rows] = d[:len(out) - start]
   return out
 
@@ -238,7 +233,8 @@ def evaluate(distmat: Any, query_pids: Any, gallery_pids: Any, query_camids: Any
     raise ValueError(f'distmat has dtype {distmat.dtype}; expected real numbers')
 
   def block_metrics(queries, good, *labels):
-    dist = _put(distmat[queries].astype(np.float32, copy=False), parallel.data_sharding(mesh))
+    dist = parallel.put_global(distmat[queries].astype(np.float32, copy=False),
+                               parallel.data_sharding(mesh))
     if good is None:
       return _sort_from_dist(dist, *labels)
     return _count_from_dist(dist, good, *labels)
@@ -265,11 +261,11 @@ def evaluate_features(query_features: Any, gallery_features: Any, query_pids: An
     raise ValueError(f'query_features have dimension {qf.shape[1]} but gallery_features '
                      f'{gf.shape[1]}; expected the same feature dimension')
   mesh = parallel.make_mesh() if mesh is None else mesh
-  gf_dev = _put(gf, parallel.replicated(mesh))
-  g_sq = _squared_norms(gf_dev)
+  gf_dev = parallel.put_global(gf, parallel.replicated(mesh))
+  g_sq = squared_norms(gf_dev)
 
   def block_metrics(queries, good, *labels):
-    q = _put(qf[queries], parallel.data_sharding(mesh))
+    q = parallel.put_global(qf[queries], parallel.data_sharding(mesh))
     if good is None:
       return _sort_from_features(q, gf_dev, g_sq, *labels)
     return _count_from_features(q, gf_dev, g_sq, good, *labels)
@@ -308,7 +304,7 @@ def _evaluate(block_metrics, shape, query_pids, gallery_pids, query_camids, gall
   valid = valid[np.argsort(num_true[valid], kind='stable')]
   rows = min(_check_block_size(block_size, mesh), _check_block_size(len(valid), mesh))
   row_sharding = parallel.data_sharding(mesh)
-  g_labels = [_put(x, parallel.replicated(mesh)) for x in (g_pid, g_cam)]
+  g_labels = [parallel.put_global(x, parallel.replicated(mesh)) for x in (g_pid, g_cam)]
 
   first = np.empty(len(valid), np.int64)
   ap, inp = np.empty(len(valid)), np.empty(len(valid))
@@ -316,11 +312,12 @@ def _evaluate(block_metrics, shape, query_pids, gallery_pids, query_camids, gall
     n = min(rows, len(valid) - start)
     # The last block repeats its last query to fill the rows; the repeats are dropped below.
     queries = valid[np.minimum(np.arange(start, start + rows), len(valid) - 1)]
-    q_labels = [_put(x[queries], row_sharding) for x in (q_pid, q_cam)]
+    q_labels = [parallel.put_global(x[queries], row_sharding) for x in (q_pid, q_cam)]
     k = _k_bucket(int(num_true[queries].max()))
     good = None
     if k <= SORT_ABOVE:
-      good = _put(_true_match_table(q_pid[queries], q_cam[queries], g_pid, g_cam, k), row_sharding)
+      good = parallel.put_global(
+          _true_match_table(q_pid[queries], q_cam[queries], g_pid, g_cam, k), row_sharding)
     f, a, i, has_nan = parallel.to_host(block_metrics(queries, good, *q_labels, *g_labels))
     if has_nan[:n].any():
       row = int(queries[np.flatnonzero(has_nan[:n])[0]])

@@ -22,11 +22,9 @@ from absl import logging
 from jaxreid import checkpoint, cluster_metrics, evaluation, parallel, records
 from jaxreid.camstyle.store import SupportSets
 from jaxreid.clustering import merge_step
+from jaxreid.evaluation import METRIC_KEYS
 from jaxreid.reid import export, extract, sampling
 from jaxreid.reid import train as reid_train
-
-RESULT_KEYS = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
-
 
 def num_steps(config, num_images: int) -> int:
   """Training steps of Algorithm 1: int(1/mp) - 1 (or cluster.max_steps), 1 without clustering."""
@@ -44,7 +42,7 @@ def epoch_seed(merge_step_index: int, epoch: int) -> int:
 
 
 def metrics_of(result: dict) -> dict:
-  """{'rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP'} from an evaluation result."""
+  """METRIC_KEYS -> value, from an evaluation result."""
   cmc = np.asarray(result['cmc'])
   out = {f'rank{k}': float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10, 20)}
   out.update(mAP=float(result['mAP']), mINP=float(result['mINP']))
@@ -224,7 +222,7 @@ def _evaluate_step(config, sets, state, labels, mesh, reid_dir, run, writer) -> 
   if 'val' in record:
     writer.write(s, record['val'], prefix='val/')
   logging.info('step %d (%d clusters): %s%s (%.0f s)', s, record['clusters'],
-               ' '.join(f'{k} {100 * test[k]:.1f}' for k in RESULT_KEYS),
+               ' '.join(f'{k} {100 * test[k]:.1f}' for k in METRIC_KEYS),
                f"; validation rank1 {100 * record['val']['rank1']:.1f} mAP "
                f"{100 * record['val']['mAP']:.1f}" if 'val' in record else '', time.time() - t0)
   print(f"step {s}: {record['clusters']} clusters, rank-1 {100 * test['rank1']:.1f}, "
@@ -244,13 +242,13 @@ def _results(run: _Run) -> dict:
   """results.json: the kept (best) model's test metrics on top, the last step's, and every step."""
   last = run.steps[-1]
   best = run.best or last
-  out = {k: best[k] for k in RESULT_KEYS}
+  out = {k: best[k] for k in METRIC_KEYS}
   out['best'] = {'step': best['step'], 'clusters': best['clusters'],
-                 **{k: best[k] for k in RESULT_KEYS}, **({'val': best['val']} if 'val' in best
+                 **{k: best[k] for k in METRIC_KEYS}, **({'val': best['val']} if 'val' in best
                                                          else {})}
   out['last'] = {'step': last['step'], 'clusters': last['clusters'],
-                 **{k: last[k] for k in RESULT_KEYS}}
+                 **{k: last[k] for k in METRIC_KEYS}}
   out['steps'] = [{'step': r['step'], 'clusters': r['clusters'],
-                   **{k: r[k] for k in RESULT_KEYS}, **({'val': r['val']} if 'val' in r else {}),
+                   **{k: r[k] for k in METRIC_KEYS}, **({'val': r['val']} if 'val' in r else {}),
                    **r['cluster_quality']} for r in run.steps]
   return out

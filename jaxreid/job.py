@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxreid import parallel, records, stages
+from jaxreid import evaluation, parallel, records, stages
 from jaxreid.stages import RunError
 
 
@@ -132,7 +132,6 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
 
 
 def _log_results(results: dict, what: str) -> None:
-  keys = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
-  line = ' '.join(f'{k} {100 * results[k]:.1f}' for k in keys if k in results)
+  line = ' '.join(f'{k} {100 * results[k]:.1f}' for k in evaluation.METRIC_KEYS if k in results)
   logging.info('%s: %s', what, line)
   print(f'{what}: {line}', flush=True)

@@ -79,6 +79,12 @@ def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), host_batch)
 
 
+def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host value every process holds in full (single- or multi-host)."""
+  x = np.ascontiguousarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))

@@ -6,6 +6,7 @@ import json
 import pathlib
 
 import ml_collections
+from flax import traverse_util
 
 from jaxreid import parallel, records
 
@@ -37,15 +38,9 @@ class StageTracker:
     records.write_json_atomic(self._path, marks)
 
 
-def _flatten(d: dict, prefix: str = '') -> dict:
-  out = {}
-  for k, v in d.items():
-    key = f'{prefix}{k}'
-    if isinstance(v, dict):
-      out.update(_flatten(v, key + '.'))
-    else:
-      out[key] = v
-  return out
+def _flatten(d: dict) -> dict:
+  """{'a.b': v} from {'a': {'b': v}}."""
+  return traverse_util.flatten_dict(d, sep='.')
 
 
 def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:

@@ -1,6 +1,7 @@
 """The paper's figures, drawn from a run's records: `jaxreid plot --workdir=DIR [--out=DIR]`.
 
-  fig2_camstyle.png    Fig. 2: originals and their camera-style fakes (camstyle/generate.py draws it)
+  fig2_camstyle.png    Fig. 2: originals and their camera-style fakes (the camstyle stage draws it
+                       with `draw_camstyle` when it writes the fakes)
   fig7_steps.png       Fig. 7: test rank-1 / mAP and the number of clusters after every step, and
                        the clusters' quality against the true training identities
   fig8_tsne.png        Fig. 8: t-SNE of test features at the first and the last step, coloured by
@@ -27,14 +28,16 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxreid.evaluation import METRIC_KEYS
+
 FIGURES = ('fig2_camstyle', 'fig7_steps', 'fig8_tsne', 'ranked_results', 'results_table')
-METRIC_KEYS = ('rank1', 'rank5', 'rank10', 'rank20', 'mAP', 'mINP')
 FEATURE_KEYS = ('query', 'gallery', 'query_pids', 'gallery_pids', 'query_camids', 'gallery_camids')
 # Frame colours of ranked results, as torchreid draws them (pure, so they can be found in a PNG).
 GREEN = (0, 255, 0)
 RED = (255, 0, 0)
 QUERY_FRAME = (0, 0, 0)
-# What users compare against (REFERENCE.md, headline numbers): rank-1 / mAP in %.
+# What users compare against: the paper's own rank-1 / mAP in %, full and without style transfer
+# (docs/method.md lists them).
 PAPER_RESULTS = {
     'market1501': {'paper, full': (73.7, 38.0), 'paper, w/o style transfer': (61.0, 30.6)},
     'dukemtmc_reid': {'paper, full': (56.1, 30.6), 'paper, w/o style transfer': (40.2, 21.9)},
@@ -228,87 +231,20 @@ def plot_steps(steps: Sequence[Mapping], path, *, dataset: str = '',
 
 # ------------------------------------------------------------------------------- Fig. 8: t-SNE
 
-def _conditional_p(sq_dist: np.ndarray, perplexity: float, tol: float = 1e-5) -> np.ndarray:
-  """Row-wise Gaussian affinities whose entropy matches log(perplexity) (bisection on precision)."""
-  n = len(sq_dist)
-  target = np.log(perplexity)
-  p = np.zeros((n, n))
-  for i in range(n):
-    d = np.delete(sq_dist[i], i)
-    d = d - d.min()  # shifting by the nearest distance leaves p unchanged and avoids underflow
-    lo, hi, beta = 0.0, np.inf, 1.0
-    for _ in range(100):
-      w = np.exp(-d * beta)
-      s = w.sum()
-      h = np.log(s) + beta * np.sum(d * w) / s
-      if abs(h - target) < tol:
-        break
-      if h > target:
-        lo, beta = beta, beta * 2 if hi == np.inf else (beta + hi) / 2
-      else:
-        hi, beta = beta, (beta + lo) / 2
-    p[i, np.arange(n) != i] = w / s
-  return p
-
-
-def tsne(x: np.ndarray, *, perplexity: float = 30.0, num_iters: int = 750,
-         seed: int = 0) -> np.ndarray:
-  """Exact t-SNE (van der Maaten & Hinton 2008) in numpy, for a few hundred points: (n, 2)."""
+def embed_2d(x: np.ndarray, *, seed: int = 0, method: str = 'tsne') -> tuple[np.ndarray, str]:
+  """(n, 2) embedding and the name of what made it: scikit-learn's t-SNE ('tsne'), or the two
+  leading principal components ('pca')."""
   x = np.asarray(x, np.float64)
-  n = len(x)
-  if n < 3:
-    return np.zeros((n, 2))
-  perplexity = min(perplexity, (n - 1) / 3)
-  sq = np.sum(x * x, 1)
-  sq_dist = np.maximum(sq[:, None] + sq[None, :] - 2 * x @ x.T, 0)
-  p = _conditional_p(sq_dist, perplexity)
-  p = np.maximum((p + p.T) / (2 * n), 1e-12)
-  # PCA start scaled to a tiny spread (as scikit-learn does): deterministic and global-structure
-  # preserving; the seed only breaks exact ties.
-  xc = x - x.mean(0)
-  _, _, vt = np.linalg.svd(xc, full_matrices=False)
-  y = xc @ vt[:2].T
-  y = y / (np.std(y[:, 0]) + 1e-12) * 1e-4
-  y += np.random.default_rng(seed).normal(scale=1e-8, size=y.shape)
-  exaggeration, lr = 12.0, max(n / 12.0 / 4.0, 50.0)
-  velocity, gains = np.zeros_like(y), np.ones_like(y)
-  for it in range(num_iters):
-    early = it < min(250, num_iters // 3)
-    diff = y[:, None, :] - y[None, :, :]
-    num = 1.0 / (1.0 + np.sum(diff * diff, -1))
-    np.fill_diagonal(num, 0.0)
-    q = np.maximum(num / num.sum(), 1e-12)
-    w = ((exaggeration if early else 1.0) * p - q) * num
-    grad = 4.0 * np.einsum('ij,ijk->ik', w, diff)
-    gains = np.where(np.sign(grad) != np.sign(velocity), gains + 0.2, gains * 0.8).clip(0.01)
-    velocity = (0.5 if early else 0.8) * velocity - lr * gains * grad
-    y = y + velocity
-    y -= y.mean(0)
-  return y
-
-
-def embed_2d(x: np.ndarray, *, seed: int = 0, method: str = 'auto') -> tuple[np.ndarray, str]:
-  """(n, 2) embedding and the name of what made it: scikit-learn's t-SNE when installed ('auto'),
-  else the exact numpy t-SNE above ('tsne'); 'pca' for the two leading principal components."""
-  x = np.asarray(x, np.float64)
-  if method not in ('auto', 'sklearn', 'tsne', 'pca'):
-    raise VizError(f'embedding method {method!r}: expected auto, sklearn, tsne or pca')
+  if method not in ('tsne', 'pca'):
+    raise VizError(f'embedding method {method!r}: expected tsne or pca')
   if method == 'pca' or len(x) < 4:
     xc = x - x.mean(0)
     _, _, vt = np.linalg.svd(xc, full_matrices=False)
     return xc @ vt[:2].T if vt.shape[0] >= 2 else np.zeros((len(x), 2)), 'PCA'
-  if method in ('auto', 'sklearn'):
-    try:
-      from sklearn.manifold import TSNE
-    except ImportError:
-      if method == 'sklearn':
-        raise VizError('embedding method sklearn: scikit-learn is not installed (pip install '
-                       'scikit-learn, or use method tsne)') from None
-    else:
-      perplexity = min(30.0, (len(x) - 1) / 3)
-      y = TSNE(n_components=2, perplexity=perplexity, init='pca', random_state=seed).fit_transform(x)
-      return y, 't-SNE (scikit-learn)'
-  return tsne(x, seed=seed), 't-SNE'
+  from sklearn.manifold import TSNE
+  perplexity = min(30.0, (len(x) - 1) / 3)
+  y = TSNE(n_components=2, perplexity=perplexity, init='pca', random_state=seed).fit_transform(x)
+  return y, 't-SNE'
 
 
 def pick_identities(pids: np.ndarray, max_ids: int, seed: int = 0) -> np.ndarray:
@@ -322,7 +258,7 @@ def pick_identities(pids: np.ndarray, max_ids: int, seed: int = 0) -> np.ndarray
 
 
 def plot_tsne(panels: Sequence[tuple[str, Mapping]], path, *, max_ids: int = 20, seed: int = 0,
-              method: str = 'auto', dataset: str = '') -> pathlib.Path:
+              method: str = 'tsne', dataset: str = '') -> pathlib.Path:
   """Fig. 8: one t-SNE panel per (title, features) pair - query and gallery features of the same
   identities in every panel, coloured by true identity."""
   if not panels:
@@ -532,6 +468,37 @@ def _load_splits(records: RunRecords) -> dict:
                           synthetic_config=records.config.get('synthetic'))
 
 
+def draw_camstyle(config, split, store, out_dir) -> pathlib.Path:
+  """Fig. 2 into OUT_DIR/fig2_camstyle.png: originals (left) and their fakes under every camera,
+  from a fakes store (camstyle.store.FakeStore) of `split`'s images."""
+  from jaxreid.camstyle.train import sample_indices
+  show = sample_indices(store.camids, config.camstyle.sample_images)
+  cams = store.num_cameras
+  fig = _figure(0.9 * (cams + 1), 1.7 * len(show))
+  axes = fig.subplots(len(show), cams + 1, squeeze=False)
+  for r, i in enumerate(show):
+    own = int(store.camids[i])
+    cells = [('original\n(cam %d)' % (own + 1), split.image(int(i)))]
+    for k in range(cams):
+      cells.append((f'cam {k + 1}', split.image(int(i)) if k == own else store.fake(i, k)))
+    for col, (title, im) in enumerate(cells):
+      ax = axes[r, col]
+      ax.imshow(im)
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if col == own + 1:
+        for spine in ax.spines.values():  # the image's own camera: the real image again
+          spine.set_edgecolor('tab:green')
+          spine.set_linewidth(2)
+      if r == 0 or col == 0:
+        ax.set_title(title, fontsize=7)
+  # A narrow figure (2 or 3 cameras) would clip the title on one line.
+  sep = ' ' if cams >= 4 else '\n'
+  fig.suptitle(f'Camera-style transfer:{sep}originals and their fakes under every camera',
+               fontsize=8)
+  return _save(fig, pathlib.Path(out_dir) / 'fig2_camstyle.png', dpi=120)
+
+
 def plot_camstyle(records: RunRecords, out_dir, splits: Mapping | None = None) -> pathlib.Path:
   """Fig. 2: the grid the camstyle stage drew (copied), or drawn again from the fakes store."""
   out = pathlib.Path(out_dir) / 'fig2_camstyle.png'
@@ -541,12 +508,11 @@ def plot_camstyle(records: RunRecords, out_dir, splits: Mapping | None = None) -
       out.parent.mkdir(parents=True, exist_ok=True)
       shutil.copyfile(drawn, out)
     return out
-  from jaxreid.camstyle import generate
   from jaxreid.camstyle.store import FakeStore
   store = FakeStore.open(records.root / 'fakes')
   try:
     splits = splits or _load_splits(records)
-    return generate.write_figure(records.config, splits['train'], store, pathlib.Path(out_dir))
+    return draw_camstyle(records.config, splits['train'], store, out_dir)
   finally:
     store.close()
 
@@ -563,7 +529,7 @@ def _check_same_images(feats: Mapping, splits: Mapping, path: pathlib.Path) -> N
 
 
 def plot_run(workdir, out_dir=None, *, num_queries: int = 4, topk: int = 10, max_ids: int = 20,
-             seed: int = 0, method: str = 'auto',
+             seed: int = 0, method: str = 'tsne',
              log: Callable[[str], None] | None = print) -> dict[str, pathlib.Path]:
   """Draws every figure the work dir's records allow into out_dir (default DIR/figures);
   returns {figure name: PNG path}. A figure whose records are missing is skipped with a note."""
@@ -650,8 +616,8 @@ def plot_main(argv: Sequence[str]) -> int:
   parser.add_argument('--topk', type=int, default=10, help='gallery images per query')
   parser.add_argument('--max_ids', type=int, default=20, help='identities in the t-SNE')
   parser.add_argument('--seed', type=int, default=0, help='picks the t-SNE identities')
-  parser.add_argument('--embedding', default='auto', choices=('auto', 'sklearn', 'tsne', 'pca'),
-                      help='2-D embedding of Fig. 8 (auto: scikit-learn t-SNE if installed)')
+  parser.add_argument('--embedding', default='tsne', choices=('tsne', 'pca'),
+                      help='2-D embedding of Fig. 8 (scikit-learn t-SNE, or PCA)')
   args = parser.parse_args(list(argv))
   for name in ('num_queries', 'topk', 'max_ids'):
     if getattr(args, name) < 1:

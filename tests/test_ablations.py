@@ -1,75 +1,92 @@
-"""The paper's ablations run as config overrides and do what their names say."""
+"""The paper's ablations are config overrides that change what their names say and nothing else."""
 
 import json
 
 import jax
 import pytest
+from flax import traverse_util
 
 import tiny_config
-from jaxreid import ablations, records
+from jaxreid import ablations, records, stages
 
 
-@pytest.fixture(scope='module')
-def ablation_runs(tmp_path_factory):
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
-  workdir = tmp_path_factory.mktemp('ablations')
-  rows = ablations.run_all(tiny_config.config(), workdir)
-  return workdir, {r['variant']: r for r in rows}
+def _flat(config) -> dict:
+  return traverse_util.flatten_dict(config.to_dict(), sep='.')
+
+
+def _changed(config, base) -> dict:
+  """key -> new value of every field where `config` differs from `base`."""
+  a, b = _flat(config), _flat(base)
+  assert a.keys() == b.keys()
+  return {k: a[k] for k in a if a[k] != b[k]}
+
+
+def test_each_variant_changes_only_its_own_fields():
+  base = tiny_config.config()
+  out = ablations.variants(base)
+  assert list(out) == list(ablations.ABLATIONS)
+  total = base.train.step0_epochs + (base.cluster.max_steps - 1) * base.train.later_epochs
+  assert total == 2 + 2 * 1   # the full run's 3 steps: 2 + 1 + 1 epochs
+  expected = {
+      'full': {},
+      'no_clustering': {'cluster.enabled': False, 'train.step0_epochs': total,
+                        # two thirds in, as the paper's decay after 40 of 60 epochs
+                        'train.step0_lr_decay_epoch': round(total * 2 / 3)},
+      'no_style_transfer': {'camstyle.enabled': False},
+      'no_diversity': {'cluster.size_penalty': 0.0},
+      'no_constraint': {'cluster.constraint': False},
+  }
+  for name, (description, cfg) in out.items():
+    assert description == ablations.ABLATIONS[name][0]
+    assert _changed(cfg, base) == expected[name], name
+  # The variants that keep the StarGAN settings share one StarGAN and its fakes.
+  full = out['full'][1]
+  assert [n for n, (_, c) in out.items() if ablations._same_camstyle(c, full)] == [  # pylint: disable=protected-access
+      'full', 'no_clustering', 'no_diversity', 'no_constraint']
+
+
+def test_a_shared_stargan_is_copied_with_its_stage_marks(tmp_path):
+  donor, target = tmp_path / 'full', tmp_path / 'no_diversity'
+  for sub, name in (('camstyle', 'checkpoint'), ('fakes', 'index.json')):
+    (donor / sub).mkdir(parents=True)
+    (donor / sub / name).write_text(sub)
+  tracker = stages.StageTracker(donor)
+  tracker.mark('camstyle_train', {'iters': 6})
+  tracker.mark('camstyle_generate', {'num_fakes': 80})
+  target.mkdir()
+  ablations._share_camstyle(donor, target)  # pylint: disable=protected-access
+  assert (target / 'camstyle' / 'checkpoint').read_text() == 'camstyle'
+  assert (target / 'fakes' / 'index.json').read_text() == 'fakes'
+  marks = records.read_json(target / 'stages.json')
+  assert marks == {'camstyle_train': {'iters': 6}, 'camstyle_generate': {'num_fakes': 80}}
 
 
 @pytest.mark.slow
-def test_every_ablation_runs_and_is_tabled(ablation_runs):
-  workdir, rows = ablation_runs
-  assert set(rows) == set(ablations.ABLATIONS)
-  table = (workdir / 'table.md').read_text()
-  for description, _ in ablations.ABLATIONS.values():
-    assert f'| {description} |' in table
-  for row in rows.values():
-    assert 0.0 <= row['mAP'] <= 1.0 and 0.0 <= row['rank1'] <= row['rank5'] <= 1.0
-
-
-@pytest.mark.slow
-def test_without_clustering_trains_one_long_step(ablation_runs):
-  workdir, rows = ablation_runs
-  steps = rows['no_clustering']['steps']
-  n = rows['full']['steps'][0]['clusters']
-  assert [s['clusters'] for s in steps] == [n]
-  cfg = json.loads((workdir / 'no_clustering' / 'config.json').read_text())
-  assert cfg['train']['step0_epochs'] == 2 + 2 * 1   # the full run's 3 steps: 2 + 1 + 1 epochs
-  assert cfg['train']['step0_lr_decay_epoch'] == 3   # two thirds in, as the paper's 40 of 60
-
-
-@pytest.mark.slow
-def test_without_style_transfer_makes_no_fakes(ablation_runs):
-  workdir, rows = ablation_runs
-  marks = records.read_json(workdir / 'no_style_transfer' / 'stages.json')
-  assert 'camstyle_train' not in marks and not (workdir / 'no_style_transfer' / 'fakes').exists()
-  assert len(rows['no_style_transfer']['steps']) == 3
-
-
-@pytest.mark.slow
-def test_variants_share_one_stargan_and_merge_differently(ablation_runs):
-  workdir, rows = ablation_runs
-  full = records.read_json(workdir / 'full' / 'stages.json')
-  for name in ('no_diversity', 'no_constraint'):
-    marks = records.read_json(workdir / name / 'stages.json')
-    assert marks['camstyle_train'] == full['camstyle_train']
-    cfg = json.loads((workdir / name / 'config.json').read_text())
-    assert (cfg['cluster']['size_penalty'], cfg['cluster']['constraint']) == (
-        (0.0, True) if name == 'no_diversity' else (tiny_config.config().cluster.size_penalty, False))
-  # Clusters shrink by m = int(N * mp) per merge in every clustering variant.
-  for name in ('full', 'no_diversity', 'no_constraint', 'no_style_transfer'):
-    counts = [s['clusters'] for s in rows[name]['steps']]
-    assert counts == [40, 32, 24], (name, counts)
+def test_a_variant_runs_and_is_tabled(tmp_path):
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
+  rows = ablations.run_all(tiny_config.config(), tmp_path, only=['no_style_transfer'])
+  assert [r['variant'] for r in rows] == ['no_style_transfer']
+  assert '| w/o style transfer |' in (tmp_path / 'table.md').read_text()
+  marks = records.read_json(tmp_path / 'no_style_transfer' / 'stages.json')
+  assert 'camstyle_train' not in marks and not (tmp_path / 'no_style_transfer' / 'fakes').exists()
+  # Clusters shrink by m = int(N * mp) = int(40 * 0.2) per merge.
+  assert [s['clusters'] for s in rows[0]['steps']] == [40, 32, 24]
+  saved = json.loads((tmp_path / 'no_style_transfer' / 'config.json').read_text())
+  assert saved['camstyle']['enabled'] is False
 
 
 def test_unknown_ablation_and_bad_sweep_fail_in_one_line():
   with pytest.raises(ablations.configlib.ConfigError, match='unknown ablation'):
     ablations.variants(tiny_config.config(), only=['no_such'])
-  with pytest.raises(ablations.configlib.ConfigError, match='unknown config key'):
+  with pytest.raises(ablations.configlib.ConfigError, match='unknown config key cluster.nope'):
     ablations.variants(tiny_config.config(), sweep='cluster.nope=1,2')
+  with pytest.raises(ablations.configlib.ConfigError, match='cluster.constraint=') as e:
+    ablations.variants(tiny_config.config(), sweep='cluster.constraint=maybe')
+  assert '\n' not in str(e.value)
 
 
 def test_sweep_makes_one_full_run_per_value():
   out = ablations.variants(tiny_config.config(), sweep='cluster.merge_percent=0.1,0.2')
   assert [c.cluster.merge_percent for _, c in out.values()] == [0.1, 0.2]
+  out = ablations.variants(tiny_config.config(), sweep='cluster.constraint=false,True')
+  assert [c.cluster.constraint for _, c in out.values()] == [False, True]

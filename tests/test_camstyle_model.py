@@ -28,7 +28,7 @@ def _shapes(module, *args):
 def test_generator_matches_reference_architecture_at_default_widths():
   shapes = _shapes(stargan.Generator(L), jnp.zeros((1, 256, 128, 3)), jnp.zeros((1, L)))
   kernels = {k: v for k, v in shapes.items() if k.endswith('kernel')}
-  # REFERENCE.md: 7x7 (64), two 4x4 down (128, 256), 6 residual blocks of two 3x3 at 256, two 4x4
+  # HHL's StarGAN (docs/method.md): 7x7 (64), two 4x4 down (128, 256), 6 residual blocks of two 3x3 at 256, two 4x4
   # up (128, 64), 7x7 -> 3; input RGB + one-hot camera map.
   expected = {'conv_in/kernel': (7, 7, 3 + L, 64), 'down0/kernel': (4, 4, 64, 128),
               'down1/kernel': (4, 4, 128, 256), 'up0/kernel': (4, 4, 256, 128),

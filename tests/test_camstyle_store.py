@@ -165,7 +165,7 @@ def test_generation_is_the_same_on_one_and_eight_devices(trained, tmp_path):
 
 
 def test_store_size_is_within_budget_of_the_originals(trained, tmp_path, cuhk03_root):
-  """Fakes of real photos stay within 1.5x the originals' bytes times L - 1 (the issue's budget)."""
+  """Fakes of real photos stay within 1.5x the originals' bytes times L - 1 (the store's size budget)."""
   config, _, camstyle_dir, mesh = trained
   files = sorted((cuhk03_root / 'bounding_box_train').glob('*.jpg'))[:12]
   images = [np.asarray(Image.open(f).convert('RGB')) for f in files]

@@ -11,6 +11,7 @@ from PIL import Image
 from jaxreid import parallel
 from jaxreid.camstyle import stargan, train
 from jaxreid.configlib import ConfigError, load_sibling
+from jaxreid.data import pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 L = 3
@@ -56,7 +57,8 @@ def _batch(config, n=8, seed=0):
 
 
 def _reference_d_loss(config, state, batch, key):
-  """WGAN-GP critic loss written out from REFERENCE.md, with the GP's input gradient per sample."""
+  """WGAN-GP critic loss written out from StarGAN's definition, with the GP's input gradient per
+  sample."""
   c = config.camstyle
   g, d = stargan.build(c, L)
   x = batch['image'].astype(np.float32) / 127.5 - 1
@@ -85,6 +87,7 @@ def step8():
   return config, mesh, train.make_train_step(config, L, total, decay, mesh)
 
 
+@pytest.mark.slow
 def test_critic_loss_is_the_wgan_gp_loss_of_the_reference(step8):
   config, mesh, step = step8
   state = parallel.replicate(train.init_state(config, L), mesh)
@@ -94,6 +97,7 @@ def test_critic_loss_is_the_wgan_gp_loss_of_the_reference(step8):
   assert 'g_loss' not in metrics  # iteration 0 of n_critic = 2: D only
 
 
+@pytest.mark.slow
 def test_generator_moves_every_n_critic_iterations_only(step8):
   config, mesh, step = step8
   state = parallel.replicate(train.init_state(config, L), mesh)
@@ -121,6 +125,7 @@ def test_learning_rate_is_constant_then_linear_to_zero():
   assert train.iterations(c, num_images=20) == (30, 2, 15)     # the same decay fraction
 
 
+@pytest.mark.slow
 def test_a_step_gives_the_same_result_on_one_and_eight_devices(step8):
   config, mesh8, step8 = step8
   mesh1 = parallel.make_mesh(jax.devices()[:1])
@@ -150,18 +155,33 @@ def test_a_step_gives_the_same_result_on_one_and_eight_devices(step8):
 
 def test_batches_depend_on_seed_and_iteration_only_not_on_the_mesh():
   c = _config().camstyle
-  a = train.batch_plan(seed=0, step=5, per_epoch=2, num_images=16, c=c)
-  b = train.batch_plan(seed=0, step=5, per_epoch=2, num_images=16, c=c)
+  a = pipeline.camstyle_plan(seed=0, step=5, num_images=16, camstyle_config=c)
+  b = pipeline.camstyle_plan(seed=0, step=5, num_images=16, camstyle_config=c)
   assert all(np.array_equal(a[k], b[k]) for k in a)
-  epoch = np.concatenate([train.batch_plan(0, s, 2, 16, c)['index'] for s in (4, 5)])
+  epoch = np.concatenate([pipeline.camstyle_plan(0, s, 16, c)['index'] for s in (4, 5)])
   assert sorted(epoch) == list(range(16))  # an epoch visits every image once
   split = _NoIdentities()
-  batch = train.load_batch(split.image, split.camids, L, a, slice(0, 8), c)
+  got = []
+  for mesh, threads in ((parallel.make_mesh(), 2), (parallel.make_mesh(jax.devices()[:1]), 0)):
+    got.append([jax.tree.map(np.asarray, batch) for _, batch in pipeline.camstyle_batches(
+        split.image, split.camids, L, c, seed=0, start=4, stop=6, mesh=mesh, threads=threads)])
+  batch = got[0][1]
   assert batch['image'].shape == (8, c.height, c.width, 3) and batch['image'].dtype == np.uint8
   np.testing.assert_array_equal(batch['camid'], split.camids[a['index']])
-  assert batch['target'].min() >= 0 and batch['target'].max() < L
+  np.testing.assert_array_equal(batch['target'], a['target'] % L)
+  for x, y in zip(got[0], got[1]):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  # Row j is image a['index'][j] resized to the load size, cropped at the plan's offsets, flipped.
+  j = 3
+  loaded = np.asarray(Image.fromarray(split.image(a['index'][j])).resize(
+      (c.load_width, c.load_height), Image.BILINEAR))
+  t, l = a['top'][j], a['left'][j]
+  want = loaded[t:t + c.height, l:l + c.width]
+  np.testing.assert_array_equal(batch['image'][j], want[:, ::-1] if a['flip'][j] else want)
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_final_state(tmp_path, monkeypatch):
   config = _config()
   mesh = parallel.make_mesh()

@@ -1,4 +1,4 @@
-"""Show it works: on the synthetic data set, a briefly trained StarGAN moves images to the target
+"""On the synthetic data set, a briefly trained StarGAN moves images to the target
 camera's style (an independent classifier trained on real images agrees) and keeps who is in them.
 
 The identity measure is colour-normalised pixels (each image's channels standardised to zero mean
@@ -8,7 +8,7 @@ figure's layout and its clothing's colour contrasts remain. The fake is compared
 and with other identities' real images IN THE TARGET CAMERA: those share the fake's camera, so a
 fake that had only learned the camera would be nearer to them than to its source.
 
-The last test is issue #3's show-it-works: step 0 of the re-ID network (every image its own class)
+The last test is the method end to end: step 0 of the re-ID network (every image its own class)
 trained on these support sets retrieves held-out identities 2.5x better than raw pixels or the
 untrained network (on real images alone, step 0 learns the cameras instead and gains little; see
 tests/test_reid_works.py).

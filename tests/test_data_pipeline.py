@@ -91,14 +91,14 @@ def test_flip_mirrors_about_half_of_the_time():
 
 def test_camstyle_augment_resizes_crops_and_flips():
   image = coordinate_image(60, 30)
-  out = augment.resize_crop_flip(image, np.random.default_rng(1), load_height=72, load_width=36,
-                                 height=64, width=32, flip=False)
   loaded = np.asarray(Image.fromarray(image).resize((36, 72), Image.BILINEAR))
-  windows = [loaded[y:y + 64, x:x + 32] for y in range(9) for x in range(5)]
-  assert any(np.array_equal(out, w) for w in windows)
-  with pytest.raises(ValueError, match='at least as large'):
-    augment.resize_crop_flip(image, np.random.default_rng(1), load_height=60, load_width=30,
-                             height=64, width=32)
+  sizes = dict(load_height=72, load_width=36, height=64, width=32)
+  out = augment.resize_crop_flip(image, top=5, left=3, flip=False, **sizes)
+  np.testing.assert_array_equal(out, loaded[5:69, 3:35])
+  flipped = augment.resize_crop_flip(image, top=8, left=0, flip=True, **sizes)
+  np.testing.assert_array_equal(flipped, loaded[8:72, 0:32][:, ::-1])
+  with pytest.raises(ValueError, match='expected the window inside it'):
+    augment.resize_crop_flip(image, top=9, left=0, flip=False, **sizes)
 
 
 def test_normalize_matches_numpy():

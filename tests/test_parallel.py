@@ -1,12 +1,7 @@
-import jax
 import numpy as np
 import pytest
 
 from jaxreid import parallel
-
-
-def test_suite_runs_on_eight_host_devices():
-  assert jax.device_count() == 8
 
 
 def test_shard_batch_splits_rows_over_data_axis():
@@ -23,3 +18,14 @@ def test_indivisible_batch_is_refused_with_clear_message():
   mesh = parallel.make_mesh()
   with pytest.raises(ValueError, match='not divisible by the 8 devices'):
     parallel.check_batch_size(12, mesh)
+
+
+def test_put_global_places_a_host_array_by_its_sharding():
+  mesh = parallel.make_mesh()
+  x = np.arange(8 * 5, dtype=np.float32).reshape(8, 5)
+  rows = parallel.put_global(x, parallel.data_sharding(mesh))
+  assert [s.data.shape for s in rows.addressable_shards] == [(1, 5)] * mesh.devices.size
+  np.testing.assert_array_equal(rows.addressable_shards[3].data, x[3:4])
+  full = parallel.put_global(x, parallel.replicated(mesh))
+  assert full.sharding.is_fully_replicated
+  np.testing.assert_array_equal(parallel.to_host(full), x)

@@ -144,32 +144,45 @@ def rel_diff(a, b):
   return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def _nudged(tree, seed=0):
+  """Every float32 leaf moved by one unit in the last place, up or down at random."""
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda x: np.asarray(x).astype(np.float64) * (1 + 2.0 ** -23 * rng.choice([-1, 1], np.shape(x)))
+      if np.asarray(x).dtype == np.float32 else x, tree)
+
+
 @pytest.mark.slow
 def test_same_seed_same_result_on_one_and_eight_devices():
   """Global-batch math: BatchNorm statistics, loss mean and table update do not see the devices.
 
-  Only the order of float32 reductions differs (~1e-7). Under the default step-0 lr 0.1 with
-  random images and labels the dynamics amplify any such rounding within ~6 steps (so would a
-  different reduction order on one device), so 20 steps run at lr 1e-3 and the first steps at 0.1.
+  1 and 8 devices differ only in the order of float32 reductions, and training at the paper's
+  step-0 lr amplifies any rounding-sized difference. So the tolerance is measured rather than
+  chosen: the same steps on one device from weights moved by one float32 rounding each give the
+  spread that rounding alone causes, and 8 devices must stay within a few times that. A real
+  difference (per-device BatchNorm statistics or loss mean) is orders of magnitude larger.
   """
   cfg = small_config()
   one = parallel.make_mesh(jax.devices()[:1])
   eight = parallel.make_mesh(jax.devices()[:8])
   state = jax.device_get(train.create_train_state(cfg, 6, jax.random.key(0), one))
-  batches = random_batches(20, 16, 6, cfg.data.height, cfg.data.width)
+  batches = random_batches(3, 16, 6, cfg.data.height, cfg.data.width)
+  lr = cfg.train.step0_lr
   step1, step8 = train.make_train_step(cfg, one), train.make_train_step(cfg, eight)
-  for lr, steps in ((1e-3, 20), (cfg.train.step0_lr, 2)):
-    s1, l1 = run_steps(step1, state, one, batches[:steps], lr)
-    s8, l8 = run_steps(step8, state, eight, batches[:steps], lr)
-    assert np.all(np.isfinite(l1)) and np.any(s1.table)
-    assert np.max(np.abs(l8 - l1) / l1) < 1e-5, (lr, l1, l8)
-    assert rel_diff(s8.table, s1.table) < 1e-5, lr
-    assert rel_diff(s8.params, s1.params) < 1e-5, lr
-    assert rel_diff(s8.batch_stats, s1.batch_stats) < 1e-5, lr
-    assert rel_diff(s8.opt_state, s1.opt_state) < 1e-5, lr
-    assert int(s1.step) == int(s8.step) == steps
-    # Training moved the weights far more than the devices did.
-    assert rel_diff(s1.params, state.params) > 1e3 * rel_diff(s8.params, s1.params)
+  s1, l1 = run_steps(step1, state, one, batches, lr)
+  s8, l8 = run_steps(step8, state, eight, batches, lr)
+  nudged = state.replace(params=jax.tree.map(lambda x: x.astype(np.float32), _nudged(state.params)))
+  sn, ln = run_steps(step1, nudged, one, batches, lr)
+  assert np.all(np.isfinite(l1)) and np.any(s1.table) and int(s1.step) == int(s8.step) == 3
+  spreads = {}
+  for name in ('params', 'batch_stats', 'table', 'opt_state'):
+    spread = rel_diff(getattr(sn, name), getattr(s1, name))
+    spreads[name] = (rel_diff(getattr(s8, name), getattr(s1, name)), spread)
+  spreads['loss'] = (float(np.max(np.abs(l8 - l1) / l1)), float(np.max(np.abs(ln - l1) / l1)))
+  for name, (devices, rounding) in spreads.items():
+    assert devices <= 4 * rounding + 1e-7, (name, spreads)
+  # Training moved the weights far more than the devices did.
+  assert rel_diff(s1.params, state.params) > 1e3 * spreads['params'][0], spreads
 
 
 def test_state_round_trips_through_the_run_checkpointer_with_its_learning_rate(tmp_path):

@@ -5,8 +5,8 @@ raw pixels mAP 0.042 / rank-1 0.009, untrained 0.040 / 0.009; step 0 (each image
 12 epochs) 0.059 / 0.018; identity clusters (6 epochs) 0.20 / 0.17. The synthetic set makes
 camera the main nuisance and step 0 learns no camera invariance (it pushes apart the same person's
 images), so its gain is modest. With the StarGAN's fakes in the support sets step 0 learns the
-person across cameras and gains 2.5x over these baselines: the show-it-works test of that is
-in tests/test_camstyle_works.py, which trains the StarGAN it needs.
+person across cameras and gains 2.5x over these baselines: the test of that is the last one in
+tests/test_camstyle_works.py, which trains the StarGAN it needs.
 """
 
 import pathlib

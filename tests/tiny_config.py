@@ -28,7 +28,7 @@ def cli_args() -> list[str]:
 def config():
   """The tiny run as a ConfigDict."""
   c = load_sibling(str(REPO / 'configs' / 'x.py'), 'synthetic').get_config()
-  for key, value in OVERRIDES.items():
-    section, field = key.split('.')
-    c[section][field] = value
+  c.lock()   # a misspelt key fails instead of being added
+  c.update_from_flattened_dict(OVERRIDES)
+  c.unlock()
   return c

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from jaxreid import checkpoint, parallel
 from jaxreid.camstyle import store as fake_store
 from jaxreid.camstyle import train as camstyle_train
+from jaxreid.data import augment
 
 
 def _pairs(camids: np.ndarray, indices: range, num_cameras: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,11 +57,11 @@ def translate_pairs(translate, g_params, get_image, src: np.ndarray, tgt: np.nda
     n = len(b_src)
     pad_src = np.concatenate([b_src, np.repeat(b_src[:1], bs - n)])
     pad_tgt = np.concatenate([b_tgt, np.zeros(bs - n, np.int32)])
-    local = np.stack([camstyle_train.resize(image(i), c.height, c.width) for i in pad_src[rows]])
+    local = np.stack([augment.resize(image(i), c.height, c.width) for i in pad_src[rows]])
     fakes = parallel.to_host(translate(g_params, *parallel.shard_batch((local, pad_tgt[rows]), mesh)))
     for j in range(n):
       h, w = image(b_src[j]).shape[:2]
-      out.append(camstyle_train.resize(fakes[j], h, w))
+      out.append(augment.resize(fakes[j], h, w))
   return out
 
 
@@ -113,54 +114,14 @@ def generate(config: ml_collections.ConfigDict, split, camstyle_dir, fakes_dir, 
   summary = {'num_images': len(camids), 'num_fakes': len(camids) * (num_cameras - 1),
              'store_bytes': store.nbytes(), 'chunks_written': len(todo)}
   if hasattr(split, 'image_bytes'):
-    # The issue's budget: about 1.5x the originals' size times L - 1.
+    # The store's size budget: about 1.5x the originals' size times L - 1.
     original = sum(len(split.image_bytes(i)) for i in range(len(camids)))
     summary['size_ratio'] = summary['store_bytes'] / max(1, original * (num_cameras - 1))
     if summary['size_ratio'] > 1.5:
       logging.warning('fakes store is %.2fx the originals\' size times L - 1 (budget 1.5x); lower '
                       'config.camstyle.jpeg_quality=%d', summary['size_ratio'], c.jpeg_quality)
   if writer:
-    summary['figure'] = str(write_figure(config, split, store, pathlib.Path(camstyle_dir)))
+    from jaxreid import viz
+    summary['figure'] = str(viz.draw_camstyle(config, split, store, pathlib.Path(camstyle_dir)))
   store.close()
   return summary
-
-
-def write_figure(config: ml_collections.ConfigDict, split, store: fake_store.FakeStore,
-                 out_dir: pathlib.Path) -> pathlib.Path:
-  """A figure like the paper's Fig. 2: originals (left) and their fakes under every camera."""
-  import matplotlib
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt
-
-  show = camstyle_train.sample_indices(store.camids, config.camstyle.sample_images)
-  cams = store.num_cameras
-  fig, axes = plt.subplots(len(show), cams + 1, figsize=(0.9 * (cams + 1), 1.7 * len(show)),
-                           squeeze=False)
-  for r, i in enumerate(show):
-    own = int(store.camids[i])
-    cells = [('original\n(cam %d)' % (own + 1), split.image(int(i)))]
-    for k in range(cams):
-      cells.append((f'cam {k + 1}', split.image(int(i)) if k == own else store.fake(i, k)))
-    for col, (title, im) in enumerate(cells):
-      ax = axes[r, col]
-      ax.imshow(im)
-      ax.set_xticks([])
-      ax.set_yticks([])
-      if col == own + 1:
-        for spine in ax.spines.values():  # the image's own camera: the real image again
-          spine.set_edgecolor('tab:green')
-          spine.set_linewidth(2)
-      if r == 0 or col == 0:
-        ax.set_title(title, fontsize=7)
-  # A narrow figure (2 or 3 cameras) would clip the title on one line.
-  sep = ' ' if cams >= 4 else '\n'
-  fig.suptitle(f'Camera-style transfer:{sep}originals and their fakes under every camera',
-               fontsize=8)
-  fig.tight_layout()
-  path = out_dir / 'fig2_camstyle.png'
-  out_dir.mkdir(parents=True, exist_ok=True)
-  tmp = out_dir / '.fig2_camstyle.tmp.png'
-  fig.savefig(tmp, dpi=120)
-  plt.close(fig)
-  tmp.replace(path)
-  return path

@@ -1,4 +1,4 @@
-"""The camera-style StarGAN of HHL (REFERENCE.md "Camera-style StarGAN"), in Flax linen.
+"""The camera-style StarGAN of HHL (Zhong et al., ECCV 2018; docs/method.md), in Flax linen.
 
 Domains are cameras. Images are NHWC float in [-1, 1]. At the default widths and depths this is
 exactly the reference architecture; the widths and repeat counts are arguments so that a CPU-sized

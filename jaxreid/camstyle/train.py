@@ -8,12 +8,11 @@ and the iteration, so a killed run resumes from its last Orbax checkpoint to the
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import os
 import pathlib
 import sys
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import flax.struct
 import jax
@@ -27,8 +26,9 @@ from tqdm import tqdm
 from jaxreid import checkpoint, parallel, records
 from jaxreid.camstyle import stargan
 from jaxreid.configlib import ConfigError
+from jaxreid.data import augment, pipeline
 
-_SEED_TAG = 0x5CA3  # separates the StarGAN's random streams from the re-ID ones
+_SEED_TAG = 0x5CA3  # separates the StarGAN's initialisation from the re-ID network's
 
 
 @flax.struct.dataclass
@@ -77,7 +77,7 @@ def check_config(c: ml_collections.ConfigDict, num_cameras: int, num_images: int
 
 def iterations(c: ml_collections.ConfigDict, num_images: int) -> tuple[int, int, int]:
   """(total iterations, iterations per epoch, iterations of linear decay at the end)."""
-  per_epoch = num_images // c.batch_size
+  per_epoch = pipeline.steps_per_epoch(num_images, c.batch_size)
   total = c.num_iters if c.num_iters > 0 else c.num_epochs * per_epoch
   decay = round(total * c.decay_epochs / c.num_epochs) if c.num_epochs else 0
   return total, per_epoch, decay
@@ -93,9 +93,8 @@ def learning_rate(base_lr: float, step, total: int, decay: int):
 
 # ------------------------------------------------------------------ state and step
 
-# Jitted functions by (camstyle config, sizes, devices): a second train() or generate() in one
-# process (a resumed stage, a notebook re-run, the tests) reuses the compiled code.
-_COMPILED: dict = {}
+# The builders below return fresh jitted functions; a second train() or generate() in one process
+# recompiles, which the persistent compilation cache (jaxreid.runtime) turns into a disk read.
 
 
 def init_state(config: ml_collections.ConfigDict, num_cameras: int) -> GanState:
@@ -105,23 +104,20 @@ def init_state(config: ml_collections.ConfigDict, num_cameras: int) -> GanState:
 
 
 def _init_fn(config, num_cameras):
-  """key -> GanState, jitted (one compile instead of one per layer op) and cached."""
-  cache_key = (config.camstyle.to_json(), 'init', num_cameras)
-  if cache_key not in _COMPILED:
-    c = config.camstyle
-    g, d = stargan.build(c, num_cameras)
-    tx = _adam(c)
+  """key -> GanState, jitted (one compile instead of one per layer op)."""
+  c = config.camstyle
+  g, d = stargan.build(c, num_cameras)
+  tx = _adam(c)
 
-    def init(key):
-      gk, dk, rng = jax.random.split(key, 3)
-      x = jnp.zeros((1, c.height, c.width, 3), jnp.float32)
-      g_params = g.init(gk, x, jnp.zeros((1, num_cameras), jnp.float32))['params']
-      d_params = d.init(dk, x)['params']
-      return GanState(g_params=g_params, d_params=d_params, g_opt=tx.init(g_params),
-                      d_opt=tx.init(d_params), step=jnp.zeros((), jnp.int32), rng=rng)
+  def init(key):
+    gk, dk, rng = jax.random.split(key, 3)
+    x = jnp.zeros((1, c.height, c.width, 3), jnp.float32)
+    g_params = g.init(gk, x, jnp.zeros((1, num_cameras), jnp.float32))['params']
+    d_params = d.init(dk, x)['params']
+    return GanState(g_params=g_params, d_params=d_params, g_opt=tx.init(g_params),
+                    d_opt=tx.init(d_params), step=jnp.zeros((), jnp.int32), rng=rng)
 
-    _COMPILED[cache_key] = jax.jit(init)
-  return _COMPILED[cache_key]
+  return jax.jit(init)
 
 
 def _adam(c) -> optax.GradientTransformation:
@@ -163,20 +159,9 @@ class TrainStep:
     return state, metrics
 
 
-def _cache_key(config, *rest, mesh) -> tuple:
-  return (config.camstyle.to_json(), *rest, tuple(d.id for d in mesh.devices.flat))
-
-
 def make_train_step(config: ml_collections.ConfigDict, num_cameras: int, total_iters: int,
                     decay_iters: int, mesh) -> TrainStep:
   """The StarGAN iteration over `mesh`: batch sharded on 'data', state replicated and donated."""
-  key = _cache_key(config, 'train', num_cameras, total_iters, decay_iters, mesh=mesh)
-  if key not in _COMPILED:
-    _COMPILED[key] = _make_train_step(config, num_cameras, total_iters, decay_iters, mesh)
-  return _COMPILED[key]
-
-
-def _make_train_step(config, num_cameras, total_iters, decay_iters, mesh) -> TrainStep:
   c = config.camstyle
   g, d = stargan.build(c, num_cameras)
   d_first_order = d.clone(second_order=False)   # same parameters; see stargan's conv modes
@@ -239,13 +224,6 @@ def _make_train_step(config, num_cameras, total_iters, decay_iters, mesh) -> Tra
 
 def make_translate(config: ml_collections.ConfigDict, num_cameras: int, mesh):
   """Jitted (g_params, uint8 images, target cameras) -> uint8 fakes, batch sharded on 'data'."""
-  key = _cache_key(config, 'translate', num_cameras, mesh=mesh)
-  if key not in _COMPILED:
-    _COMPILED[key] = _make_translate(config, num_cameras, mesh)
-  return _COMPILED[key]
-
-
-def _make_translate(config, num_cameras, mesh):
   g, _ = stargan.build(config.camstyle, num_cameras)
 
   def translate(g_params, images, targets):
@@ -254,76 +232,6 @@ def _make_translate(config, num_cameras, mesh):
 
   repl, data = parallel.replicated(mesh), parallel.data_sharding(mesh)
   return jax.jit(translate, in_shardings=(repl, data, data), out_shardings=data)
-
-
-# ------------------------------------------------------------------ data
-
-
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-  """Bilinear resize of a uint8 HxWx3 image (torchvision Resize on PIL images)."""
-  if image.shape[:2] == (height, width):
-    return image
-  return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
-
-
-def _checked_image(get_image: Callable[[int], np.ndarray], i: int) -> np.ndarray:
-  im = np.asarray(get_image(int(i)))
-  if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-    raise ValueError(f'training image {i}: expected uint8 HxWx3 RGB, got {im.dtype} {im.shape}')
-  return im
-
-
-def batch_plan(seed: int, step: int, per_epoch: int, num_images: int, c) -> dict:
-  """The global batch of iteration `step`: image indices, crop offsets, flips, target cameras.
-
-  A function of (seed, step) alone, so that any number of devices or hosts, and a resumed run,
-  see the same batches.
-  """
-  epoch, pos = divmod(step, per_epoch)
-  order = np.random.default_rng([seed, _SEED_TAG, epoch]).permutation(num_images)
-  idx = order[pos * c.batch_size:(pos + 1) * c.batch_size]
-  rng = np.random.default_rng([seed, _SEED_TAG, epoch, pos])
-  b = c.batch_size
-  return {'index': idx,
-          'top': rng.integers(0, c.load_height - c.height + 1, b),
-          'left': rng.integers(0, c.load_width - c.width + 1, b),
-          'flip': rng.random(b) < 0.5,
-          'target': rng.integers(0, 1 << 30, b)}
-
-
-def load_batch(get_image, camids: np.ndarray, num_cameras: int, plan: dict, rows: slice, c) -> dict:
-  """This host's rows of a planned batch: resize to load size, crop, flip (HHL's augmentation)."""
-  images = []
-  for j in range(rows.start, rows.stop):
-    im = resize(_checked_image(get_image, plan['index'][j]), c.load_height, c.load_width)
-    t, l = plan['top'][j], plan['left'][j]
-    im = im[t:t + c.height, l:l + c.width]
-    images.append(im[:, ::-1] if plan['flip'][j] else im)
-  idx = plan['index'][rows]
-  return {'image': np.stack(images),
-          'camid': camids[idx].astype(np.int32),
-          'target': (plan['target'][rows] % num_cameras).astype(np.int32)}
-
-
-def batches(get_image, camids, num_cameras, c, seed, start, stop, per_epoch, mesh, threads=2,
-            prefetch=2) -> Iterator[tuple[int, dict]]:
-  """(step, sharded batch) for steps [start, stop), decoded by `threads` threads ahead of use."""
-  rows = parallel.host_slice(c.batch_size, mesh)
-  n = len(camids)
-
-  def load(step):
-    return load_batch(get_image, camids, num_cameras, batch_plan(seed, step, per_epoch, n, c),
-                      rows, c)
-
-  with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
-    pending = [(s, pool.submit(load, s)) for s in range(start, min(stop, start + prefetch + 1))]
-    nxt = start + len(pending)
-    while pending:
-      step, fut = pending.pop(0)
-      if nxt < stop:
-        pending.append((nxt, pool.submit(load, nxt)))
-        nxt += 1
-      yield step, parallel.shard_batch(fut.result(), mesh)
 
 
 # ------------------------------------------------------------------ samples
@@ -418,14 +326,15 @@ def train(config: ml_collections.ConfigDict, split, workdir, mesh,
   step_fn = make_train_step(config, num_cameras, total, decay, mesh)
   translate = make_translate(config, num_cameras, mesh)
   show = sample_indices(camids, c.sample_images)
-  show_images = np.stack([resize(_checked_image(split.image, i), c.height, c.width) for i in show])
+  show_images = np.stack([augment.resize(split.image(int(i)), c.height, c.width) for i in show])
   writer = records.MetricsWriter(workdir, enabled=jax.process_index() == 0)
   last_g, host = {}, {}
   bar = tqdm(total=total, initial=start, desc='camstyle', unit='it',
              disable=not sys.stderr.isatty(), dynamic_ncols=True)
   try:
-    for it, batch in batches(split.image, camids, num_cameras, c, config.seed, start, stop,
-                             per_epoch, mesh, config.data.decode_threads, config.data.prefetch):
+    for it, batch in pipeline.camstyle_batches(
+        split.image, camids, num_cameras, c, seed=config.seed, start=start, stop=stop, mesh=mesh,
+        prefetch=config.data.prefetch, threads=config.data.decode_threads):
       state, metrics = step_fn(state, batch, it)
       done = it + 1
       # Fetching metrics waits for the device, so only now and then (G's are those of the last

@@ -1,7 +1,7 @@
 """The support-set distance kernel: for each real image, its k nearest images of OTHER clusters.
 
 Each real image i has a support set S_i = {r_i, f_i^1 .. f_i^(L-1)} (its camera-style fakes, which
-carry i's cluster). The image-level distance of the paper (REFERENCE.md, "Bottom-up merging") is
+carry i's cluster). The image-level distance of the paper (Eq. 5-8, in BUC's form; docs/method.md) is
 
   D(i, j) = min over counted pairs (x, y) in S_i x S_j of |x - y|^2  +  lambda * (n(i) + n(j)),
 
@@ -130,17 +130,18 @@ def _block_topk(rows, flat, sq, labels, sizes, penalty, *, k: int, constraint: b
   return -neg, idx.astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=32)
-def _chunk_fn(mesh: Mesh, k: int, constraint: bool):
-  """The jitted per-chunk kernel: rows split over 'data', everything else replicated."""
+@functools.partial(jax.jit, static_argnames=('mesh', 'k', 'constraint'))
+def _chunk_topk(rows, flat, sq, labels, sizes, penalty, *, mesh: Mesh, k: int, constraint: bool):
+  """The per-chunk kernel: rows split over 'data', everything else replicated."""
   kernel = functools.partial(_block_topk, k=k, constraint=constraint)
   mapped = jax.shard_map(kernel, mesh=mesh, in_specs=(P(parallel.DATA_AXIS),) + (P(),) * 5,
                          out_specs=(P(parallel.DATA_AXIS), P(parallel.DATA_AXIS)))
-  return jax.jit(mapped)
+  return mapped(rows, flat, sq, labels, sizes, penalty)
 
 
 @jax.jit
-def _squared_norms(x: jax.Array) -> jax.Array:
+def squared_norms(x: jax.Array) -> jax.Array:
+  """float32 squared L2 norms over the last axis (the |a|^2 + |b|^2 - 2ab distance expansion)."""
   x = x.astype(jnp.float32)
   return jnp.sum(x * x, axis=-1)
 
@@ -155,13 +156,7 @@ def _in_dtype(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
   rounded x."""
   if x.dtype != dtype:
     x = _cast(x, dtype)
-  return x, _squared_norms(x)
-
-
-def _put(x: np.ndarray, sharding) -> jax.Array:
-  """A global array from a host value every process holds in full (single- or multi-host)."""
-  x = np.ascontiguousarray(x)
-  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return x, squared_norms(x)
 
 
 class SupportSetKernel:
@@ -183,11 +178,11 @@ class SupportSetKernel:
     rep = parallel.replicated(self.mesh)
     # A reshape of a C-contiguous S is a view, so an aligned S still goes to the device in place.
     flat = support.reshape(n * num_sets, d)
-    self.flat, sq = _in_dtype(_put(flat, rep), MATMUL_DTYPES[matmul_dtype])
+    self.flat, sq = _in_dtype(parallel.put_global(flat, rep), MATMUL_DTYPES[matmul_dtype])
     self.sq = sq.reshape(n, num_sets)
-    self.labels = _put(np.asarray(labels, np.int32), rep)
-    self.sizes = _put(np.asarray(sizes, np.float32), rep)
-    self.penalty = _put(np.asarray(size_penalty, np.float32), rep)
+    self.labels = parallel.put_global(np.asarray(labels, np.int32), rep)
+    self.sizes = parallel.put_global(np.asarray(sizes, np.float32), rep)
+    self.penalty = parallel.put_global(np.asarray(size_penalty, np.float32), rep)
   def topk(self, rows: np.ndarray, k: int, desc: str = 'merge distances'
            ) -> tuple[np.ndarray, np.ndarray]:
     """(values, columns) [len(rows), k + 1]: the k + 1 smallest A(i, j) over j of other clusters,
@@ -195,7 +190,6 @@ class SupportSetKernel:
     k = int(min(k, self.num_images - 1))
     rows = np.asarray(rows, np.int32)
     chunk = self.block * self.mesh.devices.size
-    fn = _chunk_fn(self.mesh, k, self.constraint)
     sharding = parallel.data_sharding(self.mesh)
     values = np.empty((len(rows), k + 1), np.float32)
     columns = np.empty((len(rows), k + 1), np.int32)
@@ -211,7 +205,8 @@ class SupportSetKernel:
     for start in tqdm.tqdm(starts, desc=desc, leave=False, disable=None):
       part = np.full(chunk, -1, np.int32)
       part[:min(chunk, len(rows) - start)] = rows[start:start + chunk]
-      out = fn(_put(part, sharding), self.flat, self.sq, self.labels, self.sizes, self.penalty)
+      out = _chunk_topk(parallel.put_global(part, sharding), self.flat, self.sq, self.labels,
+                        self.sizes, self.penalty, mesh=self.mesh, k=k, constraint=self.constraint)
       if pending is not None:
         fetch(*pending)
       pending = (start, out)

@@ -1,6 +1,6 @@
 """Bottom-up merging on the host: walk candidate pairs by ascending distance, union-find, certify.
 
-The procedure (REFERENCE.md, "Bottom-up merging", BUC): walk all image pairs (i, j) of different
+The procedure (BUC's, see docs/method.md): walk all image pairs (i, j) of different
 clusters by ascending key (D(i, j), i, j), i < j; when the two images are in different clusters,
 merge them (the larger label becomes the smaller); stop after m merges; renumber the surviving
 labels 0..C-1 in ascending order of their old label. Sizes in the diversity term are those at the

@@ -65,18 +65,6 @@ def random_flip(image: np.ndarray, rng: np.random.Generator, p: float = 0.5) -> 
   return image[:, ::-1] if rng.random() < p else image
 
 
-def random_crop(image: np.ndarray, rng: np.random.Generator, height: int,
-                width: int) -> np.ndarray:
-  """A height x width window at a random place (the image must be at least that large)."""
-  ih, iw = image.shape[:2]
-  if ih < height or iw < width:
-    raise ValueError(f'random crop of {height}x{width} from a {ih}x{iw} image: expected the image '
-                     'to be at least as large (load size >= crop size)')
-  y0 = int(rng.integers(0, ih - height + 1))
-  x0 = int(rng.integers(0, iw - width + 1))
-  return image[y0:y0 + height, x0:x0 + width]
-
-
 def reid_train_augment(image: np.ndarray, rng: np.random.Generator, *, height: int, width: int,
                        area: tuple[float, float] = (0.64, 1.0),
                        aspect: tuple[float, float] = (2.0, 3.0), tries: int = 10,
@@ -95,19 +83,16 @@ def reid_augmenter(data_config, height: int | None = None, width: int | None = N
       tries=data_config.crop_tries, flip=data_config.flip)
 
 
-def resize_crop_flip(image: np.ndarray, rng: np.random.Generator, *, load_height: int,
-                     load_width: int, height: int, width: int, flip: bool = True) -> np.ndarray:
-  """HHL's StarGAN augmentation: resize to the load size, random HxW crop, random flip."""
-  out = random_crop(resize(image, load_height, load_width), rng, height, width)
-  return random_flip(out, rng) if flip else out
-
-
-def camstyle_augmenter(camstyle_config) -> Augment:
-  """The StarGAN training augmentation with the sizes of `config.camstyle`."""
-  return functools.partial(
-      resize_crop_flip, load_height=camstyle_config.load_height,
-      load_width=camstyle_config.load_width, height=camstyle_config.height,
-      width=camstyle_config.width)
+def resize_crop_flip(image, *, top: int, left: int, flip: bool, load_height: int,
+                     load_width: int, height: int, width: int) -> np.ndarray:
+  """HHL's StarGAN augmentation: resize to the load size, the height x width window at (top, left),
+  mirrored if `flip` (`pipeline.camstyle_plan` draws the offsets and flips of a batch at once)."""
+  loaded = resize(image, load_height, load_width)
+  if top < 0 or left < 0 or top + height > load_height or left + width > load_width:
+    raise ValueError(f'crop of {height}x{width} at ({top}, {left}) from a {load_height}x'
+                     f'{load_width} image: expected the window inside it (load size >= crop size)')
+  out = loaded[top:top + height, left:left + width]
+  return out[:, ::-1] if flip else out
 
 
 def normalize(images, mean, std, dtype=jnp.float32) -> jnp.ndarray:

@@ -1,4 +1,5 @@
-"""Batches onto the device mesh: shuffled + augmented for training, resized in order for evaluation.
+"""Batches onto the device mesh for both networks: shuffled + augmented for training, resized in
+order for evaluation.
 
 Everything random is derived from (seed, epoch, item row) on the host, so a batch is the same for
 any number of threads, devices or hosts. Each host decodes only its own rows of every global batch
@@ -6,19 +7,21 @@ any number of threads, devices or hosts. Each host decodes only its own rows of 
 travel as uint8: normalise them on the device with `augment.normalize` inside the jitted step.
 
 How the trainers use it:
-  * re-ID (support sets): items = `support_items(n, slots)` with
-    `slots = support_slots(n, L, seed=, epoch=, real_prob=)` re-drawn every epoch, labels = cluster
-    label of each real image, camids = camera of the drawn sample; get_image((i, s)) returns the
-    real image i (s = 0) or its fake number s.
-  * StarGAN: items = real image indices, labels = camids = cameras,
-    augment = `augment.camstyle_augmenter(config.camstyle)`.
+  * re-ID (support sets): `train_batches`, one epoch at a time, with items =
+    `support_items(n, slots)` and `slots = support_slots(n, L, seed=, epoch=, real_prob=)` re-drawn
+    every epoch, labels = cluster label of each real image, camids = camera of the drawn sample;
+    get_image((i, s)) returns the real image i (s = 0) or its fake number s.
+  * StarGAN: `camstyle_batches`, by iteration (a run resumes in the middle of an epoch): the plan of
+    iteration k (`camstyle_plan`) draws the images, crop offsets, flips and target cameras of its
+    whole batch at once, and `augment.resize_crop_flip` applies them.
 """
 
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-from typing import Any, Callable, Iterator, Sequence
+import itertools
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import jax
 import numpy as np
@@ -29,6 +32,7 @@ from jaxreid.data import augment as augment_lib
 
 # Independent random streams derived from the one seed.
 _SHUFFLE, _AUGMENT, _SLOTS = 0, 1, 2
+_CAMSTYLE = 0x5CA3  # the StarGAN's order and augmentation, one stream per (epoch, iteration)
 
 
 def _rng(seed: int, stream: int, epoch: int, *more: int) -> np.random.Generator:
@@ -83,27 +87,27 @@ def _global_batches(rows: np.ndarray, batch_size: int, num_devices: int,
   return out
 
 
-def _prefetched(make_row: Callable[[int], np.ndarray], batches: Sequence[np.ndarray],
+def _prefetched(make_row: Callable[[Any], np.ndarray], batches: Iterable[Sequence[Any]],
                 prefetch: int, threads: int) -> Iterator[list[np.ndarray]]:
   """make_row over each batch's rows, in order, with up to `prefetch` batches decoded ahead by a
   pool of `threads` (threads = 0: inline, the sequential baseline)."""
   if threads <= 0:
     for rows in batches:
-      yield [make_row(int(r)) for r in rows]
+      yield [make_row(r) for r in rows]
     return
   pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix='jaxreid-data')
   pending = collections.deque()
   upcoming = iter(batches)
   try:
     for rows in upcoming:
-      pending.append([pool.submit(make_row, int(r)) for r in rows])
+      pending.append([pool.submit(make_row, r) for r in rows])
       if len(pending) > prefetch:
         break
     while pending:
       futures = pending.popleft()
       rows = next(upcoming, None)
       if rows is not None:
-        pending.append([pool.submit(make_row, int(r)) for r in rows])
+        pending.append([pool.submit(make_row, r) for r in rows])
       yield [f.result() for f in futures]
   finally:
     # Also runs when the consumer stops early: do not leave decode work running behind it.
@@ -147,7 +151,8 @@ def train_batches(get_image: Callable[[Any], np.ndarray], items, labels, *, batc
   batches = _global_batches(order, batch_size, mesh.devices.size, drop_remainder)
   host_rows = [rows[parallel.host_slice(len(rows), mesh)] for rows in batches]
 
-  def make_row(row: int) -> np.ndarray:
+  def make_row(row) -> np.ndarray:
+    row = int(row)
     if row < 0:
       return np.zeros((height, width, 3), np.uint8)
     image = augment(get_image(_item(items, row)), _rng(seed, _AUGMENT, epoch, row))
@@ -182,7 +187,8 @@ def eval_batches(get_image: Callable[[Any], np.ndarray], indices, *, batch_size:
                             drop_remainder=False)
   host_rows = [rows[parallel.host_slice(len(rows), mesh)] for rows in batches]
 
-  def make_row(row: int) -> np.ndarray:
+  def make_row(row) -> np.ndarray:
+    row = int(row)
     if row < 0:
       return np.zeros((height, width, 3), np.uint8)
     return _check_image(augment_lib.resize(get_image(indices[row]), height, width), height, width,
@@ -190,3 +196,60 @@ def eval_batches(get_image: Callable[[Any], np.ndarray], indices, *, batch_size:
 
   return ((parallel.shard_batch(np.stack(images), mesh), int((rows >= 0).sum()))
           for rows, images in zip(batches, _prefetched(make_row, host_rows, prefetch, threads)))
+
+
+def camstyle_plan(seed: int, step: int, num_images: int, camstyle_config) -> dict[str, np.ndarray]:
+  """The StarGAN's global batch of iteration `step`: image indices, crop offsets, flips and target
+  draws (any integer; taken modulo the camera count).
+
+  A function of (seed, step) alone, so that any number of devices or hosts, and a resumed run,
+  see the same batches; an epoch visits every image once, in a shuffled order.
+  """
+  c = camstyle_config
+  b = c.batch_size
+  epoch, pos = divmod(step, steps_per_epoch(num_images, b))
+  idx = _rng(seed, _CAMSTYLE, epoch).permutation(num_images)[pos * b:(pos + 1) * b]
+  rng = _rng(seed, _CAMSTYLE, epoch, pos)
+  return {'index': idx,
+          'top': rng.integers(0, c.load_height - c.height + 1, b),
+          'left': rng.integers(0, c.load_width - c.width + 1, b),
+          'flip': rng.random(b) < 0.5,
+          'target': rng.integers(0, 1 << 30, b)}
+
+
+def camstyle_batches(get_image: Callable[[int], np.ndarray], camids, num_cameras: int,
+                     camstyle_config, *, seed: int, start: int, stop: int, mesh: Mesh,
+                     prefetch: int = 2, threads: int = 2
+                     ) -> Iterator[tuple[int, dict[str, jax.Array]]]:
+  """(iteration, batch) of the StarGAN for iterations [start, stop), sharded over the mesh.
+
+  get_image(i) -> image i in any form `augment.resize` takes. A batch is {'image': uint8
+  [B, height, width, 3] (HHL's resize to the load size, crop, flip), 'camid': the source cameras,
+  'target': the cameras to translate to (int32 [B])}.
+  """
+  c = camstyle_config
+  camids = np.asarray(camids, np.int32)
+  rows = parallel.host_slice(c.batch_size, mesh)
+  # Two lazy views of one plan stream: the decoder runs `prefetch` plans ahead of the assembly.
+  plans, decode_plans = itertools.tee(camstyle_plan(seed, step, len(camids), c)
+                                      for step in range(start, stop))
+
+  def make_row(item) -> np.ndarray:
+    plan, j = item
+    image = augment_lib.resize_crop_flip(
+        get_image(int(plan['index'][j])), top=int(plan['top'][j]), left=int(plan['left'][j]),
+        flip=bool(plan['flip'][j]), load_height=c.load_height, load_width=c.load_width,
+        height=c.height, width=c.width)
+    return _check_image(image, c.height, c.width, 'the StarGAN augmentation')
+
+  def assemble(plan: dict, images: list[np.ndarray]) -> dict[str, jax.Array]:
+    idx = plan['index'][rows]
+    return parallel.shard_batch({
+        'image': np.stack(images),
+        'camid': camids[idx],
+        'target': (plan['target'][rows] % num_cameras).astype(np.int32),
+    }, mesh)
+
+  host_rows = ([(plan, j) for j in range(rows.start, rows.stop)] for plan in decode_plans)
+  return ((step, assemble(plan, images)) for step, plan, images in
+          zip(range(start, stop), plans, _prefetched(make_row, host_rows, prefetch, threads)))

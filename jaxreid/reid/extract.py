@@ -22,12 +22,11 @@ from jaxreid.data import augment, images as images_lib, pipeline
 from jaxreid.reid import export, model as model_lib
 
 
-@functools.lru_cache(maxsize=16)
-def _feature_fn(net: model_lib.ReidNet, mean: tuple, std: tuple, mesh: Mesh):
-  def features(variables, batch):
-    return net.apply(variables, augment.normalize(batch, mean, std), train=False)['feature']
-  return jax.jit(features, in_shardings=(parallel.replicated(mesh), parallel.data_sharding(mesh)),
-                 out_shardings=parallel.data_sharding(mesh))
+@functools.partial(jax.jit, static_argnames=('net', 'mean', 'std', 'mesh'))
+def _features(variables, batch, *, net: model_lib.ReidNet, mean: tuple, std: tuple, mesh: Mesh):
+  """`feature` of a batch sharded on 'data' (variables replicated), left sharded on 'data'."""
+  feats = net.apply(variables, augment.normalize(batch, mean, std), train=False)['feature']
+  return jax.lax.with_sharding_constraint(feats, parallel.data_sharding(mesh))
 
 
 def extract_features(variables: Mapping[str, Any], config: ml_collections.ConfigDict,
@@ -43,7 +42,8 @@ def extract_features(variables: Mapping[str, Any], config: ml_collections.Config
   batch_size = int(batch_size or config.eval.batch_size)
   height, width = int(height or config.data.height), int(width or config.data.width)
   net = model_lib.build_model(config.model)
-  fn = _feature_fn(net, tuple(config.data.mean), tuple(config.data.std), mesh)
+  fn = functools.partial(_features, net=net, mean=tuple(config.data.mean),
+                         std=tuple(config.data.std), mesh=mesh)
   variables = parallel.replicate({'params': variables['params'],
                                   'batch_stats': variables['batch_stats']}, mesh)
   out = None

@@ -198,42 +198,46 @@ def train_epoch(train_step: Callable, state: TrainState, batches: Iterable[Mappi
                 ) -> tuple[TrainState, dict]:
   """Runs `train_step` over `batches` at learning rate `lr`; returns the state and mean metrics.
 
-  Metrics are fetched one step late so the host never stalls the device; a non-finite loss
-  raises NonFiniteLossError naming the step and the last finite metrics. `log_fn(step, metrics)`
-  is called every `log_every` steps.
+  Metrics stay on the device and are fetched every `log_every` steps and at the end of the epoch
+  (one wait for the device each time, as big_vision does); a non-finite loss then raises
+  NonFiniteLossError naming its step and the last finite metrics. `log_fn(step, metrics)` is
+  called every `log_every` steps.
   """
   state = with_learning_rate(state, lr)
   step = int(jax.device_get(state.step))
   sums: dict[str, float] = {}
   count = 0
   last_good: tuple[int, dict] | None = None
-  pending: tuple[int, dict] | None = None
+  pending: list[tuple[int, dict]] = []   # (step, device metrics) not fetched yet
 
-  def settle(item):
+  def settle() -> dict | None:
+    """Fetches the pending steps' metrics, checks them in step order and adds them up."""
     nonlocal count, last_good
-    k, m = item
-    m = {name: float(v) for name, v in jax.device_get(m).items()}
-    if not math.isfinite(m['loss']):
-      where = (f'last finite metrics at step {last_good[0]}: {_fmt(last_good[1])}'
-               if last_good else 'no finite loss before it')
-      raise NonFiniteLossError(f'non-finite loss {m["loss"]} at train step {k} ({desc}); {where}')
-    last_good = (k, m)
-    for name, v in m.items():
-      sums[name] = sums.get(name, 0.0) + v
-    count += 1
-    if log_fn is not None and log_every and (k + 1) % log_every == 0:
-      log_fn(k, m)
+    fetched = jax.device_get([m for _, m in pending])
+    m = None
+    for (k, _), m in zip(pending, fetched):
+      m = {name: float(v) for name, v in m.items()}
+      if not math.isfinite(m['loss']):
+        where = (f'last finite metrics at step {last_good[0]}: {_fmt(last_good[1])}'
+                 if last_good else 'no finite loss before it')
+        raise NonFiniteLossError(f'non-finite loss {m["loss"]} at train step {k} ({desc}); {where}')
+      last_good = (k, m)
+      for name, v in m.items():
+        sums[name] = sums.get(name, 0.0) + v   # float64 on the host, in step order
+      count += 1
+      if log_fn is not None and log_every and (k + 1) % log_every == 0:
+        log_fn(k, m)
+    pending.clear()
     return m
 
   with tqdm.tqdm(batches, total=num_steps, desc=desc, leave=False,
                  disable=not sys.stderr.isatty()) as bar:
     for batch in bar:
       state, metrics = train_step(state, batch)
-      if pending is not None:
-        m = settle(pending)
-        bar.set_postfix(loss=f'{m["loss"]:.4f}', acc=f'{m["accuracy"]:.3f}', refresh=False)
-      pending = (step, metrics)
+      pending.append((step, metrics))
       step += 1
-    if pending is not None:
-      settle(pending)
+      if log_every and step % log_every == 0:
+        m = settle()
+        bar.set_postfix(loss=f'{m["loss"]:.4f}', acc=f'{m["accuracy"]:.3f}', refresh=False)
+    settle()
   return state, {name: v / count for name, v in sums.items()} if count else {}
