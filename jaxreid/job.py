@@ -8,6 +8,7 @@ zero table -> fresh optimiser) and keeps the model that validates best.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import time
 from typing import Any
@@ -80,17 +81,74 @@ def load_data(config, paths: RunPaths) -> DataSets:
   return sets
 
 
+def check_workdir(workdir: str | None) -> pathlib.Path:
+  """The work dir as a path, created if need be; RunError (one line) if it cannot be used.
+
+  Runs before anything is built, so a bad --workdir costs nothing.
+  """
+  if workdir is None or not str(workdir).strip():
+    raise RunError('--workdir is empty: expected a folder for the run\'s data, checkpoints and '
+                   'results, e.g. --workdir=runs/synthetic')
+  root = pathlib.Path(workdir)
+  if root.exists() and not root.is_dir():
+    raise RunError(f'--workdir={workdir} is a file: expected a folder (new or of an earlier run)')
+  if parallel.is_primary():
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+      probe = root / f'.write_test.{os.getpid()}'
+      probe.write_bytes(b'')
+      probe.unlink()
+    except OSError as e:
+      raise RunError(f'--workdir={workdir} cannot be used: {e.strerror or e} (expected a folder '
+                     'this user can create and write)') from e
+  parallel.barrier('workdir')
+  return root
+
+
+def _finished_results(paths: RunPaths) -> dict:
+  """The results of a finished run; rebuilt from reid/results.json if results.json is damaged."""
+  try:
+    results = records.read_json(paths.results)
+  except records.RecordError as e:
+    logging.warning('%s; rebuilding it from %s', e, paths.reid / 'results.json')
+    results = None
+  if results is None:
+    results = records.read_json(
+        paths.reid / 'results.json',
+        advice='the finished run\'s results cannot be rebuilt: use a new --workdir')
+    if results is None:
+      raise RunError(f'{paths.results} is missing and so is {paths.reid / "results.json"}: the '
+                     'finished run\'s results cannot be rebuilt; use a new --workdir')
+    if parallel.is_primary():
+      records.write_json_atomic(paths.results, results)
+  return results
+
+
+def _check_fakes(tracker: stages.StageTracker, paths: RunPaths) -> None:
+  """Drops the generation mark if the fakes are missing or damaged, so this run regenerates them."""
+  from jaxreid.camstyle import store as fake_store
+  if not tracker.done('camstyle_generate'):
+    return
+  problems = fake_store.check(paths.fakes)
+  if not problems:
+    return
+  logging.warning('fakes store %s is incomplete or damaged (%s); regenerating what is missing',
+                  paths.fakes, ', '.join(problems[:4]) + (' ...' if len(problems) > 4 else ''))
+  if parallel.is_primary():
+    fake_store.remove_damaged(paths.fakes)
+    tracker.unmark('camstyle_generate')
+  parallel.barrier('fakes_checked')
+
+
 def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Runs (or resumes) every stage of the method in `workdir`; returns the final results."""
-  paths = RunPaths(pathlib.Path(workdir))
-  if parallel.is_primary():
-    paths.root.mkdir(parents=True, exist_ok=True)
-  parallel.barrier('workdir')
-  stages.check_or_save_config(paths.root, config, allow_change=allow_config_change,
-                              write=parallel.is_primary())
+  paths = RunPaths(check_workdir(workdir))
   tracker = stages.StageTracker(paths.root)
-  if tracker.done('final'):
-    results = records.read_json(paths.results)
+  finished = tracker.done('final')
+  stages.check_or_save_config(paths.root, config, allow_change=allow_config_change,
+                              write=parallel.is_primary(), finished=finished)
+  if finished:
+    results = _finished_results(paths)
     _log_results(results, 'finished run')
     return results
 
@@ -102,6 +160,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     from jaxreid.camstyle import oracle
     from jaxreid.camstyle import train as camstyle_train
     from jaxreid.camstyle.store import FakeStore
+    _check_fakes(tracker, paths)
     # Oracle fakes (synthetic data only) are re-rendered by the generator: no StarGAN to train.
     if not config.camstyle.oracle and not tracker.done('camstyle_train'):
       t0 = time.time()
@@ -123,7 +182,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     tracker.mark('reid', {**summary, 'seconds': time.time() - t0})
 
   parallel.barrier('reid_done')
-  results = records.read_json(paths.reid / 'results.json')
+  results = records.read_json(paths.reid / 'results.json',
+                              advice='remove the reid folder and run again to retrain it')
   if parallel.is_primary():
     records.write_json_atomic(paths.results, results)
   tracker.mark('final')

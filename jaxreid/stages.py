@@ -21,7 +21,10 @@ class StageTracker:
     self._path = pathlib.Path(workdir) / 'stages.json'
 
   def _load(self) -> dict:
-    return records.read_json(self._path, default={})
+    return records.read_json(
+        self._path, default={},
+        advice='remove it and run the same command again (finished stages resume from their '
+               'checkpoints and fakes)')
 
   def done(self, name: str) -> bool:
     return name in self._load()
@@ -35,6 +38,15 @@ class StageTracker:
     marks = self._load()
     marks[name] = summary or {}
     records.write_json_atomic(self._path, marks)
+
+
+  def unmark(self, name: str) -> None:
+    """Forgets that `name` finished (its output turned out damaged), so this run redoes it."""
+    if not parallel.is_primary():
+      return
+    marks = self._load()
+    if marks.pop(name, None) is not None:
+      records.write_json_atomic(self._path, marks)
 
 
 def _flatten(d: dict, prefix: str = '') -> dict:
@@ -56,15 +68,24 @@ def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[s
 
 
 def check_or_save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
-                         allow_change: bool = False, write: bool = True) -> None:
+                         allow_change: bool = False, write: bool = True,
+                         finished: bool = False) -> None:
   """Saves the config with a new work dir; refuses to resume one made with another config.
 
-  Every process checks; only the one with `write` (the primary) writes.
+  Every process checks; only the one with `write` (the primary) writes. A `finished` work dir
+  keeps its config whatever `allow_change` says: its results belong to that config.
   """
   path = pathlib.Path(workdir) / 'config.json'
-  saved = records.read_json(path)
+  saved = records.read_json(
+      path, advice='if this command has the config the work dir was made with, remove the file and '
+                   'run again; otherwise use a new --workdir')
   if saved is not None:
     diff = config_differences(saved, config)
+    if diff and finished:
+      raise RunError(f'work dir {workdir} holds a finished run made with another config '
+                     f'(differing keys: {", ".join(diff[:8])}{" ..." if len(diff) > 8 else ""}); '
+                     'its results and config are kept as they are: use a new --workdir for this '
+                     'config')
     if diff and not allow_change:
       shown = ', '.join(f'{k} ({_flatten(saved).get(k)!r} -> '
                         f'{_flatten(json.loads(config.to_json_best_effort())).get(k)!r})'
