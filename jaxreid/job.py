@@ -61,21 +61,26 @@ def load_data(config, paths: RunPaths) -> DataSets:
   """Builds (once) and opens the train / test splits and the validation set, if any."""
   from jaxreid import data
   tfds_dir = pathlib.Path(config.data.tfds_dir) if config.data.tfds_dir else paths.tfds
+  has_val = bool(config.validation.name) and (config.validation.name.startswith('synthetic') or
+                                              bool(config.validation.root))
   # One process builds the array_record files (a shared file system is assumed); then all read.
-  if parallel.is_primary():
-    data.prepare(config.data, tfds_dir, synthetic_config=config.synthetic)
-    if config.validation.name and (config.validation.name.startswith('synthetic') or
-                                   config.validation.root):
-      data.prepare(config.validation, tfds_dir, synthetic_config=config.synthetic)
+  # Each data set is prepared once per process: preparing parses its folder (and warns) again.
+  def prepare_all():
+    return {'data': data.prepare(config.data, tfds_dir, synthetic_config=config.synthetic),
+            'val': data.prepare(config.validation, tfds_dir, synthetic_config=config.synthetic)
+                   if has_val else None}
+
+  built = prepare_all() if parallel.is_primary() else None
   parallel.barrier('data_built')
-  splits = data.load_splits(config.data, tfds_dir, synthetic_config=config.synthetic)
+  built = built or prepare_all()
+  splits = data.splits_of(built['data'], config.data.name)
   sets = DataSets(splits['train'], splits['query'], splits['gallery'])
   if config.validation.name:
-    if not config.validation.name.startswith('synthetic') and not config.validation.root:
+    if not has_val:
       logging.warning('config.validation.name=%r but config.validation.root is empty: running '
                       'without a validation set (the last step is kept).', config.validation.name)
     else:
-      val = data.load_splits(config.validation, tfds_dir, synthetic_config=config.synthetic)
+      val = data.splits_of(built['val'], config.validation.name)
       sets.val_query, sets.val_gallery = val['query'], val['gallery']
   data.check_cameras(sets.train.camids, config.camstyle.enabled)
   return sets

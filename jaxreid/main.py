@@ -54,10 +54,7 @@ def main(argv):
   setup_runtime()
   config = _CONFIG.value
   # Imported late so that flag errors come back at once.
-  from jaxreid import checkpoint, job, parallel, records
-  from jaxreid.camstyle.store import StoreError
-  from jaxreid.data import DataError
-  from jaxreid.reid.export import ModelError
+  from jaxreid import job, parallel
   try:
     configlib.validate(config)
     if not config.distributed:
@@ -68,9 +65,23 @@ def main(argv):
     import jax  # pylint: disable=import-outside-toplevel
     configlib.validate_devices(config, jax.device_count())
     job.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
-  except (job.RunError, DataError, ModelError, StoreError, configlib.ConfigError,
-          records.RecordError, checkpoint.CheckpointError, OSError) as e:
-    _fail(e)
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, _user_errors()):
+      _fail(e)
+    raise
+
+
+# The errors a user can cause and fix, each one line: (module, class). Only modules already
+# imported are looked at (one that was not cannot have raised), so an early error stays cheap.
+_USER_ERRORS = (('jaxreid.stages', 'RunError'), ('jaxreid.data.layouts', 'DataError'),
+                ('jaxreid.reid.export', 'ModelError'), ('jaxreid.camstyle.store', 'StoreError'),
+                ('jaxreid.configlib', 'ConfigError'), ('jaxreid.records', 'RecordError'),
+                ('jaxreid.checkpoint', 'CheckpointError'))
+
+
+def _user_errors() -> tuple[type, ...]:
+  return (OSError,) + tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS
+                            if module in sys.modules)
 
 
 def run():
