@@ -42,8 +42,10 @@ def _fail(error: BaseException) -> None:
 
 def _interrupted() -> None:
   logging.flush()
-  print(f'jaxreid: interrupted; everything finished so far is kept: run the same command again '
-        f'to resume ({" ".join(sys.argv)})', file=sys.stderr, flush=True)
+  workdir = _WORKDIR.value if flags.FLAGS.is_parsed() else None
+  kept = f' in {workdir}' if workdir else ''
+  print(f'jaxreid: interrupted; what was finished is kept{kept}: run the same command again to '
+        'resume', file=sys.stderr, flush=True)
   # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C.
   sys.exit(130)
 

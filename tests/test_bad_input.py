@@ -208,3 +208,34 @@ def _umask():
   mask = os.umask(0)
   os.umask(mask)
   return mask
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders')
+def test_read_only_work_dir_is_refused_before_anything_is_built(tmp_path):
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  workdir.chmod(0o555)
+  try:
+    proc = _jaxreid(_tiny(workdir), tmp_path)
+  finally:
+    workdir.chmod(0o755)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  assert 'cannot be used: Permission denied' in proc.stderr.strip().splitlines()[-1]
+
+
+def test_bad_file_name_warning_is_given_once_per_run(tmp_path):
+  from test_data_layouts import TINY_MARKET, write_market
+
+  from jaxreid import data, job
+  names = {k: list(v) for k, v in TINY_MARKET.items()}
+  names['bounding_box_train'].append('holiday_photo.jpg')
+  root = write_market(tmp_path / 'market', names)
+  config = tiny_config.config()
+  config.data.name, config.data.root = 'folder', str(root)
+  config.validation.name = ''
+  config.camstyle.enabled = False
+  with pytest.warns(data.DataWarning) as record:
+    job.load_data(config, job.RunPaths(tmp_path / 'run'))
+  about_it = [w for w in record if 'holiday_photo.jpg' in str(w.message)]
+  assert len(about_it) == 1, [str(w.message) for w in about_it]
