@@ -130,15 +130,19 @@ def _finished_results(paths: RunPaths) -> dict:
 
 
 def _check_fakes(tracker: stages.StageTracker, paths: RunPaths) -> None:
-  """Drops the generation mark if the fakes are missing or damaged, so this run regenerates them."""
+  """Deletes damaged fakes chunks and drops a generation mark the store no longer deserves, so
+  that this run regenerates what is missing (a killed generation only leaves whole chunks)."""
   from jaxreid.camstyle import store as fake_store
-  if not tracker.done('camstyle_generate'):
+  marked = tracker.done('camstyle_generate')
+  if tracker.done('reid') or not (marked or paths.fakes.exists()):
     return
   problems = fake_store.check(paths.fakes)
   if not problems:
     return
-  logging.warning('fakes store %s is incomplete or damaged (%s); regenerating what is missing',
-                  paths.fakes, ', '.join(problems[:4]) + (' ...' if len(problems) > 4 else ''))
+  damaged = [p for p in problems if 'missing' not in p]
+  if marked or damaged:
+    logging.warning('fakes store %s is incomplete or damaged (%s); regenerating what is missing',
+                    paths.fakes, ', '.join(problems[:4]) + (' ...' if len(problems) > 4 else ''))
   if parallel.is_primary():
     fake_store.remove_damaged(paths.fakes)
     tracker.unmark('camstyle_generate')
@@ -149,7 +153,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Runs (or resumes) every stage of the method in `workdir`; returns the final results."""
   paths = RunPaths(check_workdir(workdir))
   tracker = stages.StageTracker(paths.root)
-  finished = tracker.done('final')
+  # results.json is written last: with it, the run is finished even if its stage marks are lost.
+  finished = tracker.done('final') or paths.results.is_file()
   stages.check_or_save_config(paths.root, config, allow_change=allow_config_change,
                               write=parallel.is_primary(), finished=finished)
   if finished:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 
 import ml_collections
+from absl import logging
 
 from jaxreid import parallel, records
 
@@ -21,10 +23,16 @@ class StageTracker:
     self._path = pathlib.Path(workdir) / 'stages.json'
 
   def _load(self) -> dict:
-    return records.read_json(
-        self._path, default={},
-        advice='remove it and run the same command again (finished stages resume from their '
-               'checkpoints and fakes)')
+    try:
+      return records.read_json(self._path, default={})
+    except records.RecordError as e:
+      # The marks only save time: every stage resumes from its own checkpoints or fakes chunks,
+      # so a damaged file is set aside and the stages are re-checked from the start.
+      aside = self._path.with_name(self._path.name + '.damaged')
+      logging.warning('%s; moved it to %s: every stage resumes from its checkpoints', e, aside)
+      if parallel.is_primary():
+        os.replace(self._path, aside)
+      return {}
 
   def done(self, name: str) -> bool:
     return name in self._load()

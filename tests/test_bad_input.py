@@ -118,11 +118,6 @@ CASES = {
                                   'config.camstyle.batch_size=4: expected a multiple of the 8'),
     'eval batch vs devices': (_batch('eval.batch_size', 20), 1,
                               'config.eval.batch_size=20: expected a multiple of the 8'),
-    'stages.json not JSON': (_corrupt('stages.json', '{"camstyle_tr'), 1,
-                             'stages.json is damaged (not JSON'),
-    'stages.json empty': (_corrupt('stages.json', ''), 1, 'stages.json is damaged (not JSON'),
-    'stages.json a list': (_corrupt('stages.json', '[]'), 1,
-                           'stages.json is damaged (a JSON list, expected a dict)'),
     'config.json not JSON': (_corrupt('config.json', '{"data": '), 1,
                              'config.json is damaged (not JSON'),
     'config.json null': (_corrupt('config.json', 'null'), 1, 'config.json is damaged'),
@@ -174,6 +169,18 @@ def test_finished_results_json_is_rebuilt_from_the_reid_record(tmp_path, damage)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'rank1 50.0 rank5 75.0' in proc.stdout
   assert json.loads((workdir / 'results.json').read_text()) == RESULTS
+
+
+@pytest.mark.parametrize('text', ['', '{"camstyle_tr', '[]'])
+def test_damaged_stage_marks_of_a_finished_run_are_set_aside(tmp_path, text):
+  workdir = _finished(tmp_path)
+  (workdir / 'stages.json').write_text(text)
+  proc = _jaxreid(_tiny(workdir), tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr
+  assert 'stages.json is damaged' in proc.stderr and 'moved it to' in proc.stderr
+  assert 'rank1 50.0 rank5 75.0' in proc.stdout
+  assert (workdir / 'stages.json.damaged').read_text() == text  # kept for the user
 
 
 def test_records_have_the_mode_of_other_files(tmp_path):

@@ -103,12 +103,16 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cach
 
 
 @pytest.mark.slow
-def test_missing_and_truncated_fakes_chunks_are_regenerated(tmp_path, cache_env, uninterrupted):
+@pytest.mark.parametrize('marks', ['kept', 'damaged'])
+def test_missing_and_truncated_fakes_chunks_are_regenerated(tmp_path, cache_env, uninterrupted,
+                                                            marks):
   _kill(tmp_path, cache_env, 8)  # in re-ID training, the fakes store finished
   chunks = tmp_path / 'fakes' / 'chunks'
   (chunks / 'chunk_00001.bin').unlink()
   truncated = chunks / 'chunk_00002.bin'
   os.truncate(truncated, truncated.stat().st_size - 5)
+  if marks == 'damaged':  # the stage marks lost as well: every stage resumes from its files
+    (tmp_path / 'stages.json').write_text('{"camstyle_train": {"iter')
   resumed = _run(tmp_path, cache_env)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert 'regenerating what is missing' in resumed.stderr
