@@ -229,8 +229,10 @@ class FakeStore:
       raise StoreError(f'{index_path}: format {index.get("format")!r}, expected {FORMAT!r}')
     problems = check(root)
     if problems:
-      raise StoreError(f'{root}: fakes store is incomplete or damaged ({problems[0]}'
-                       f'{f" and {len(problems) - 1} more" if len(problems) > 1 else ""}); run the '
+      total = len(chunk_ranges(int(index['num_images']), int(index['chunk_size'])))
+      bad = sum(p.startswith('chunk_') for p in problems)
+      raise StoreError(f'{root}: fakes store is incomplete ({total - bad} of {total} chunks; '
+                       f'{", ".join(problems[:3])}{" ..." if len(problems) > 3 else ""}); run the '
                        'same command again to regenerate what is missing')
     return cls(root, index, np.load(root / 'camids.npy'))
 
