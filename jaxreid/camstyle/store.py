@@ -231,8 +231,8 @@ class FakeStore:
     if problems:
       total = len(chunk_ranges(int(index['num_images']), int(index['chunk_size'])))
       bad = sum(p.startswith('chunk_') for p in problems)
-      raise StoreError(f'{root}: fakes store is incomplete ({total - bad} of {total} chunks; '
-                       f'{", ".join(problems[:3])}{" ..." if len(problems) > 3 else ""}); run the '
+      raise StoreError(f'{root}: fakes store is incomplete ({total - bad} of {total} chunks): '
+                       f'{", ".join(problems[:3])}{" ..." if len(problems) > 3 else ""}; run the '
                        'same command again to regenerate what is missing')
     return cls(root, index, np.load(root / 'camids.npy'))
 
