@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import pathlib
+import re
 import types
 
 import ml_collections
@@ -56,7 +57,56 @@ def describe_override_error(argv, error: Exception) -> str:
           return f'unknown config key --config.{key}: {parent} has no field {part!r}' + (
               f' (known: {known})' if known else '')
         node = node[part]
-  return str(error).strip().splitlines()[0]
+  message = str(error).strip().splitlines()[0]
+  bad_bool = re.match(r"flag (--\S+?)=(.*): \('Non-boolean argument to boolean flag', .*\)$",
+                      message)
+  if bad_bool:
+    return f'{bad_bool[1]}={bad_bool[2]}: expected a boolean (True or False)'
+  return message
+
+
+def load_config_file(config_file: str) -> None:
+  """Runs `config_file`'s get_config() once; ConfigError (one line) if the file is broken.
+
+  ml_collections would otherwise print the whole traceback of a syntax error or a raising
+  get_config.
+  """
+  try:
+    spec = importlib.util.spec_from_file_location('jaxreid_user_config', config_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, 'get_config'):
+      raise ConfigError(f'--config={config_file}: no get_config() function (expected a config '
+                        'file like configs/synthetic.py)')
+    module.get_config()
+  except ConfigError:
+    raise
+  except SyntaxError as e:
+    raise ConfigError(f'--config={config_file}: syntax error at line {e.lineno}: {e.msg}') from e
+  except Exception as e:  # pylint: disable=broad-except
+    # Whatever the file raises, the user needs the file, the line and the error, not a traceback.
+    tb = e.__traceback__
+    line = None
+    while tb is not None:
+      if tb.tb_frame.f_code.co_filename == str(config_file) or pathlib.Path(
+          tb.tb_frame.f_code.co_filename).resolve() == pathlib.Path(config_file).resolve():
+        line = tb.tb_lineno
+      tb = tb.tb_next
+    where = f' (line {line})' if line else ''
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+    raise ConfigError(f'--config={config_file}: loading it failed{where}: '
+                      f'{type(e).__name__}{": " + text if text else ""}') from e
+
+
+def validate_devices(c: ml_collections.ConfigDict, num_devices: int) -> None:
+  """Refuses batch sizes the devices cannot split evenly, before any data is built."""
+  keys = ['train.batch_size', 'eval.batch_size']
+  if c.camstyle.enabled and not c.camstyle.oracle:
+    keys.append('camstyle.batch_size')
+  for key in keys:
+    v = c[key.split('.')[0]][key.split('.')[1]]
+    _check(v % num_devices == 0, key, v,
+           f'a multiple of the {num_devices} devices (each device takes an equal share of a batch)')
 
 
 def _check(ok: bool, key: str, value, expected: str):

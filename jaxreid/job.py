@@ -8,6 +8,7 @@ zero table -> fresh optimiser) and keeps the model that validates best.
 from __future__ import annotations
 
 import dataclasses
+import os
 import pathlib
 import time
 from typing import Any
@@ -60,37 +61,104 @@ def load_data(config, paths: RunPaths) -> DataSets:
   """Builds (once) and opens the train / test splits and the validation set, if any."""
   from jaxreid import data
   tfds_dir = pathlib.Path(config.data.tfds_dir) if config.data.tfds_dir else paths.tfds
+  has_val = bool(config.validation.name) and (config.validation.name.startswith('synthetic') or
+                                              bool(config.validation.root))
   # One process builds the array_record files (a shared file system is assumed); then all read.
-  if parallel.is_primary():
-    data.prepare(config.data, tfds_dir, synthetic_config=config.synthetic)
-    if config.validation.name and (config.validation.name.startswith('synthetic') or
-                                   config.validation.root):
-      data.prepare(config.validation, tfds_dir, synthetic_config=config.synthetic)
+  # Each data set is prepared once per process: preparing parses its folder (and warns) again.
+  def prepare_all():
+    return {'data': data.prepare(config.data, tfds_dir, synthetic_config=config.synthetic),
+            'val': data.prepare(config.validation, tfds_dir, synthetic_config=config.synthetic)
+                   if has_val else None}
+
+  built = prepare_all() if parallel.is_primary() else None
   parallel.barrier('data_built')
-  splits = data.load_splits(config.data, tfds_dir, synthetic_config=config.synthetic)
+  built = built or prepare_all()
+  splits = data.splits_of(built['data'], config.data.name)
   sets = DataSets(splits['train'], splits['query'], splits['gallery'])
   if config.validation.name:
-    if not config.validation.name.startswith('synthetic') and not config.validation.root:
+    if not has_val:
       logging.warning('config.validation.name=%r but config.validation.root is empty: running '
                       'without a validation set (the last step is kept).', config.validation.name)
     else:
-      val = data.load_splits(config.validation, tfds_dir, synthetic_config=config.synthetic)
+      val = data.splits_of(built['val'], config.validation.name)
       sets.val_query, sets.val_gallery = val['query'], val['gallery']
   data.check_cameras(sets.train.camids, config.camstyle.enabled)
   return sets
 
 
+def check_workdir(workdir: str | None) -> pathlib.Path:
+  """The work dir as a path, created if need be; RunError (one line) if it cannot be used.
+
+  Runs before anything is built, so a bad --workdir costs nothing.
+  """
+  if workdir is None or not str(workdir).strip():
+    raise RunError('--workdir is empty: expected a folder for the run\'s data, checkpoints and '
+                   'results, e.g. --workdir=runs/synthetic')
+  root = pathlib.Path(workdir)
+  if root.exists() and not root.is_dir():
+    raise RunError(f'--workdir={workdir} is a file: expected a folder (new or of an earlier run)')
+  if parallel.is_primary():
+    try:
+      root.mkdir(parents=True, exist_ok=True)
+      probe = root / f'.write_test.{os.getpid()}'
+      probe.write_bytes(b'')
+      probe.unlink()
+    except OSError as e:
+      raise RunError(f'--workdir={workdir} cannot be used: {e.strerror or e} (expected a folder '
+                     'this user can create and write)') from e
+  parallel.barrier('workdir')
+  return root
+
+
+def _finished_results(paths: RunPaths) -> dict:
+  """The results of a finished run; rebuilt from reid/results.json if results.json is damaged."""
+  try:
+    results = records.read_json(paths.results)
+  except records.RecordError as e:
+    logging.warning('%s; rebuilding it from %s', e, paths.reid / 'results.json')
+    results = None
+  if results is None:
+    results = records.read_json(
+        paths.reid / 'results.json',
+        advice='the finished run\'s results cannot be rebuilt: use a new --workdir')
+    if results is None:
+      raise RunError(f'{paths.results} is missing and so is {paths.reid / "results.json"}: the '
+                     'finished run\'s results cannot be rebuilt; use a new --workdir')
+    if parallel.is_primary():
+      records.write_json_atomic(paths.results, results)
+  return results
+
+
+def _check_fakes(tracker: stages.StageTracker, paths: RunPaths) -> None:
+  """Deletes damaged fakes chunks and drops a generation mark the store no longer deserves, so
+  that this run regenerates what is missing (a killed generation only leaves whole chunks)."""
+  from jaxreid.camstyle import store as fake_store
+  marked = tracker.done('camstyle_generate')
+  if tracker.done('reid') or not (marked or paths.fakes.exists()):
+    return
+  problems = fake_store.check(paths.fakes)
+  if not problems:
+    return
+  damaged = [p for p in problems if 'missing' not in p]
+  if marked or damaged:
+    logging.warning('fakes store %s is incomplete or damaged (%s); regenerating what is missing',
+                    paths.fakes, ', '.join(problems[:4]) + (' ...' if len(problems) > 4 else ''))
+  if parallel.is_primary():
+    fake_store.remove_damaged(paths.fakes)
+    tracker.unmark('camstyle_generate')
+  parallel.barrier('fakes_checked')
+
+
 def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Runs (or resumes) every stage of the method in `workdir`; returns the final results."""
-  paths = RunPaths(pathlib.Path(workdir))
-  if parallel.is_primary():
-    paths.root.mkdir(parents=True, exist_ok=True)
-  parallel.barrier('workdir')
-  stages.check_or_save_config(paths.root, config, allow_change=allow_config_change,
-                              write=parallel.is_primary())
+  paths = RunPaths(check_workdir(workdir))
   tracker = stages.StageTracker(paths.root)
-  if tracker.done('final'):
-    results = records.read_json(paths.results)
+  # results.json is written last: with it, the run is finished even if its stage marks are lost.
+  finished = tracker.done('final') or paths.results.is_file()
+  stages.check_or_save_config(paths.root, config, allow_change=allow_config_change,
+                              write=parallel.is_primary(), finished=finished)
+  if finished:
+    results = _finished_results(paths)
     _log_results(results, 'finished run')
     return results
 
@@ -102,6 +170,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     from jaxreid.camstyle import oracle
     from jaxreid.camstyle import train as camstyle_train
     from jaxreid.camstyle.store import FakeStore
+    _check_fakes(tracker, paths)
     # Oracle fakes (synthetic data only) are re-rendered by the generator: no StarGAN to train.
     if not config.camstyle.oracle and not tracker.done('camstyle_train'):
       t0 = time.time()
@@ -123,7 +192,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     tracker.mark('reid', {**summary, 'seconds': time.time() - t0})
 
   parallel.barrier('reid_done')
-  results = records.read_json(paths.reid / 'results.json')
+  results = records.read_json(paths.reid / 'results.json',
+                              advice='remove the reid folder and run again to retrain it')
   if parallel.is_primary():
     records.write_json_atomic(paths.results, results)
   tracker.mark('final')

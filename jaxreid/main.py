@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -23,25 +24,66 @@ _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..num_pro
 _ALLOW_CHANGE = flags.DEFINE_bool(
     'allow_config_change', False, 'Resume a work dir even though its config differs.')
 
+# Set to 1 to see the traceback behind a one-line error.
+TRACEBACK_ENV = 'JAXREID_TRACEBACK'
+
+
+def _fail(error: BaseException) -> None:
+  """Exits with one line for an error the user can fix (the traceback on request)."""
+  if os.environ.get(TRACEBACK_ENV):
+    traceback.print_exception(error)
+  if isinstance(error, OSError) and error.strerror:
+    where = f'{error.filename}: ' if error.filename else ''
+    message = f'{where}{error.strerror}'
+  else:
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+  sys.exit(f'jaxreid: {message}')
+
+
+def _interrupted() -> None:
+  logging.flush()
+  workdir = _WORKDIR.value if flags.FLAGS.is_parsed() else None
+  kept = f' in {workdir}' if workdir else ''
+  print(f'jaxreid: interrupted; what was finished is kept{kept}: run the same command again to '
+        'resume', file=sys.stderr, flush=True)
+  # 128 + SIGINT, as a shell reports a process stopped by Ctrl-C.
+  sys.exit(130)
+
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   setup_runtime()
   config = _CONFIG.value
-  configlib.validate(config)
-  from jaxreid import parallel
-  parallel.initialize(config.distributed, _COORDINATOR.value, _NUM_PROCESSES.value,
-                      _PROCESS_ID.value)
   # Imported late so that flag errors come back at once.
-  from jaxreid import job
-  from jaxreid.camstyle.store import StoreError
-  from jaxreid.data import DataError
-  from jaxreid.reid.export import ModelError
+  from jaxreid import job, parallel
   try:
+    configlib.validate(config)
+    if not config.distributed:
+      # Before the devices start (jax.distributed must start first where it is used).
+      job.check_workdir(_WORKDIR.value)
+    parallel.initialize(config.distributed, _COORDINATOR.value, _NUM_PROCESSES.value,
+                        _PROCESS_ID.value)
+    import jax  # pylint: disable=import-outside-toplevel
+    configlib.validate_devices(config, jax.device_count())
     job.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
-  except (job.RunError, DataError, ModelError, StoreError, configlib.ConfigError) as e:
-    sys.exit(f'jaxreid: {e}')
+  except Exception as e:  # pylint: disable=broad-except
+    if isinstance(e, _user_errors()):
+      _fail(e)
+    raise
+
+
+# The errors a user can cause and fix, each one line: (module, class). Only modules already
+# imported are looked at (one that was not cannot have raised), so an early error stays cheap.
+_USER_ERRORS = (('jaxreid.stages', 'RunError'), ('jaxreid.data.layouts', 'DataError'),
+                ('jaxreid.reid.export', 'ModelError'), ('jaxreid.camstyle.store', 'StoreError'),
+                ('jaxreid.configlib', 'ConfigError'), ('jaxreid.records', 'RecordError'),
+                ('jaxreid.checkpoint', 'CheckpointError'))
+
+
+def _user_errors() -> tuple[type, ...]:
+  return (OSError,) + tuple(getattr(sys.modules[module], name) for module, name in _USER_ERRORS
+                            if module in sys.modules)
 
 
 def run():
@@ -59,7 +101,9 @@ def run():
   try:
     app.run(main, flags_parser=_parse_flags)
   except configlib.ConfigError as e:
-    sys.exit(f'jaxreid: {e}')
+    _fail(e)
+  except KeyboardInterrupt:
+    _interrupted()
 
 
 def _parse_flags(argv):
@@ -67,6 +111,11 @@ def _parse_flags(argv):
   if config_file is not None and not os.path.isfile(config_file):
     sys.exit(f'jaxreid: --config={config_file}: no such config file (expected e.g. '
              'configs/synthetic.py)')
+  if config_file is not None:
+    try:
+      configlib.load_config_file(config_file)
+    except configlib.ConfigError as e:
+      _fail(e)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:

@@ -12,6 +12,20 @@ from typing import Any, Mapping
 import numpy as np
 
 
+class RecordError(ValueError):
+  """A record in a work dir is damaged; the message is one line naming the file and what to do."""
+
+
+def _umask() -> int:
+  # os.umask can only be read by setting it; done once, before any threads write records.
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()
+
+
 def _plain(obj: Any) -> Any:
   """numpy scalars/arrays -> Python values, so records are plain JSON."""
   if isinstance(obj, Mapping):
@@ -30,6 +44,8 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  # mkstemp makes the file 0600; records get the mode of every other file a run writes.
+  os.fchmod(fd, _FILE_MODE)
   with os.fdopen(fd, 'w') as f:
     json.dump(_plain(obj), f, indent=2, sort_keys=False)
     f.flush()
@@ -37,11 +53,23 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   os.replace(tmp, path)
 
 
-def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+def read_json(path: str | os.PathLike, default: Any = None, kind: type | None = dict,
+              advice: str = '') -> Any:
+  """A JSON record, `default` when absent; RecordError (one line) when it is damaged.
+
+  `kind` is the type the record must have (None: any); `advice` says what the user can do.
+  """
   path = pathlib.Path(path)
   if not path.exists():
     return default
-  return json.loads(path.read_text())
+  try:
+    value = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise RecordError(f'{path} is damaged (not JSON: {e}){"; " + advice if advice else ""}') from e
+  if kind is not None and not isinstance(value, kind):
+    raise RecordError(f'{path} is damaged (a JSON {type(value).__name__}, expected a '
+                      f'{kind.__name__}){"; " + advice if advice else ""}')
+  return value
 
 
 class MetricsWriter:

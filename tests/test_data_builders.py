@@ -67,7 +67,7 @@ def test_second_build_is_reused_and_a_changed_folder_is_rebuilt(tmp_path):
 def test_interrupted_build_leaves_nothing_that_is_reused(tmp_path, monkeypatch):
   root = write_market(tmp_path / 'market')
   tfds_dir = tmp_path / 'tfds'
-  real_encode = images.encode_for_store
+  real_encode = images.encode_for_store_with_size
   calls = []
 
   def dying_encode(path):
@@ -76,13 +76,61 @@ def test_interrupted_build_leaves_nothing_that_is_reused(tmp_path, monkeypatch):
       raise KeyboardInterrupt  # the user presses ^C in the middle of the build
     return real_encode(path)
 
-  monkeypatch.setattr(images, 'encode_for_store', dying_encode)
+  monkeypatch.setattr(images, 'encode_for_store_with_size', dying_encode)
   with pytest.raises(KeyboardInterrupt):
     data.load_split(folder_config(root), 'train', tfds_dir)
   assert not stored_dirs(tfds_dir)
   assert not [p for p in tfds_dir.rglob('*') if 'incomplete' in p.name]
-  monkeypatch.setattr(images, 'encode_for_store', real_encode)
+  monkeypatch.setattr(images, 'encode_for_store_with_size', real_encode)
   assert len(data.load_split(folder_config(root), 'train', tfds_dir)) == 4
+
+
+def test_build_killed_midway_leaves_no_incomplete_folder_behind(tmp_path):
+  root = write_market(tmp_path / 'market')
+  tfds_dir = tmp_path / 'tfds'
+  built = pathlib.Path(data.load_split(folder_config(root), 'train', tfds_dir).data_dir)
+  import shutil
+  shutil.rmtree(built)
+  # What tfds leaves when the process is SIGKILLed mid-build.
+  stale = built.parent / f'incomplete.ABC123_{built.name}'
+  (stale / 'partial').mkdir(parents=True)
+  assert len(data.load_split(folder_config(root), 'train', tfds_dir)) == 4
+  assert not [p for p in tfds_dir.rglob('*') if 'incomplete' in p.name]
+
+
+def test_image_warnings_name_the_file_once(tmp_path, monkeypatch):
+  root = write_market(tmp_path / 'market')
+  real_open = images._open_fully  # pylint: disable=protected-access
+
+  def warning_open(data_bytes, name):
+    buf = io.BytesIO(data_bytes)
+    import warnings
+    warnings.warn(f'image file {buf!r} has odd metadata', UserWarning)  # as PIL words it
+    return real_open(data_bytes, name)
+
+  monkeypatch.setattr(images, '_open_fully', warning_open)
+  with pytest.warns(data.DataWarning) as record:
+    data.load_split(folder_config(root), 'train', tmp_path / 'tfds')
+  noted = [str(w.message) for w in record if 'odd metadata' in str(w.message)]
+  # One warning per split, naming the files, nothing else about them.
+  assert [n.split('(')[1].split(')')[0] for n in noted] == ['train', 'query', 'gallery'], noted
+  assert all('image warning(s)' in n and 'BytesIO' not in n for n in noted)
+  assert 'image file 0001_c1s1_000001_00.jpg has odd metadata' in noted[0]
+
+
+def test_huge_image_is_named_in_a_warning(tmp_path):
+  root = write_market(tmp_path / 'market')
+  Image.new('RGB', (images.LARGE_SIDE + 100, 1000), (90, 30, 60)).save(
+      root / 'bounding_box_train' / '0003_c1s1_000040_00.jpg', format='JPEG')
+  with pytest.warns(data.DataWarning, match=r'0003_c1s1_000040_00.jpg \(2100x1000\)'):
+    data.load_split(folder_config(root), 'train', tmp_path / 'tfds')
+
+
+def test_local_build_does_not_announce_a_download(tmp_path, capsys):
+  root = write_market(tmp_path / 'market')
+  data.load_split(folder_config(root), 'train', tmp_path / 'tfds')
+  out = capsys.readouterr().out
+  assert 'Downloading' not in out and 'nothing is downloaded' in out
 
 
 def test_corrupt_images_are_skipped_named_and_counted(tmp_path):

@@ -16,19 +16,43 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 
-def _run(workdir, env_extra=None):
+def _run(workdir, env_extra=None, kill_after=None):
+  """The tiny run in `workdir`; with `kill_after`, SIGKILLed right after that durable write."""
   env = dict(os.environ)
   env.pop('XLA_FLAGS', None)  # the job itself runs on the default single CPU device
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO)] + [p for p in [env.get('PYTHONPATH')] if p])
   env.update(env_extra or {})
-  return subprocess.run([sys.executable, '-m', 'jaxreid.main', f'--workdir={workdir}', *tiny_config.cli_args()],
+  entry = (['-m', 'jaxreid.main'] if kill_after is None else
+           [str(REPO / 'tests' / 'kill_after_writes.py'), str(kill_after)])
+  return subprocess.run([sys.executable, *entry, f'--workdir={workdir}', *tiny_config.cli_args()],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+def _chunks(workdir):
+  return {p.name: p.read_bytes() for p in sorted((workdir / 'fakes' / 'chunks').glob('chunk_*'))}
 
 
 def _final(workdir):
   from jaxreid.reid import export
   results = json.loads((workdir / 'results.json').read_text())
   variables, _ = export.load_model(workdir / 'model')
-  return results, variables
+  return results, variables, _chunks(workdir)
+
+
+def _assert_same_final(workdir, want):
+  results, variables, chunks = _final(workdir)
+  want_results, want_variables, want_chunks = want
+  assert results == want_results
+  assert chunks == want_chunks
+  flat = dict(_leaves(variables))
+  for path, value in _leaves(want_variables):
+    np.testing.assert_array_equal(flat[path], value, err_msg=path)
+
+
+def _kill(workdir, cache_env, kill_after):
+  killed = _run(workdir, cache_env, kill_after=kill_after)
+  assert killed.returncode == -signal.SIGKILL, (
+      f'the run did not reach write {kill_after}: {killed.stderr[-2000:]}')
 
 
 @pytest.fixture(scope='module')
@@ -42,6 +66,7 @@ def uninterrupted(tmp_path_factory, cache_env):
   workdir = tmp_path_factory.mktemp('uninterrupted')
   proc = _run(workdir, cache_env)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert len(_chunks(workdir)) == 3
   return _final(workdir)
 
 
@@ -50,17 +75,68 @@ def uninterrupted(tmp_path_factory, cache_env):
 # (epochs, evaluations, merges). The kill points fall in each stage.
 @pytest.mark.parametrize('kill_after', [2, 5, 10])
 def test_killed_run_resumes_bit_identically(tmp_path, cache_env, uninterrupted, kill_after):
-  killed = _run(tmp_path, {**cache_env, 'JAXREID_KILL_AFTER_WRITES': str(kill_after)})
-  assert killed.returncode == -signal.SIGKILL, (
-      f'the run did not reach write {kill_after}: {killed.stderr[-2000:]}')
+  _kill(tmp_path, cache_env, kill_after)
   resumed = _run(tmp_path, cache_env)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  results, variables = _final(tmp_path)
-  want_results, want_variables = uninterrupted
-  assert results == want_results
-  flat = dict(_leaves(variables))
-  for path, want in _leaves(want_variables):
-    np.testing.assert_array_equal(flat[path], want, err_msg=path)
+  _assert_same_final(tmp_path, uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('damage', ['truncated', 'empty_meta'])
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cache_env,
+                                                                  uninterrupted, damage):
+  _kill(tmp_path, cache_env, 12)  # the 6th re-ID checkpoint
+  ckpts = tmp_path / 'reid' / 'checkpoints'
+  latest = max((p for p in ckpts.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+  if damage == 'truncated':
+    biggest = max((p for p in (latest / 'state').rglob('*') if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+    os.truncate(biggest, biggest.stat().st_size // 2)
+  else:
+    (latest / 'meta' / 'metadata').write_text('')
+  resumed = _run(tmp_path, cache_env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'checkpoint {latest} is damaged' in resumed.stderr
+  assert 'resuming from checkpoint' in resumed.stderr
+  assert (tmp_path / 'reid' / 'checkpoints.damaged' / latest.name).is_dir()  # kept, not deleted
+  _assert_same_final(tmp_path, uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('marks', ['kept', 'damaged'])
+def test_missing_and_truncated_fakes_chunks_are_regenerated(tmp_path, cache_env, uninterrupted,
+                                                            marks):
+  _kill(tmp_path, cache_env, 8)  # in re-ID training, the fakes store finished
+  chunks = tmp_path / 'fakes' / 'chunks'
+  (chunks / 'chunk_00001.bin').unlink()
+  truncated = chunks / 'chunk_00002.bin'
+  os.truncate(truncated, truncated.stat().st_size - 5)
+  if marks == 'damaged':  # the stage marks lost as well: every stage resumes from its files
+    (tmp_path / 'stages.json').write_text('{"camstyle_train": {"iter')
+  resumed = _run(tmp_path, cache_env)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'regenerating what is missing' in resumed.stderr
+  _assert_same_final(tmp_path, uninterrupted)
+
+
+def test_deleted_fakes_store_is_regenerated_when_resuming(tmp_path):
+  """The generation mark alone does not make a missing store count as done."""
+  import shutil
+  from jaxreid import job, stages
+  from jaxreid.camstyle import store
+  fakes = tmp_path / 'fakes'
+  store.write_index(fakes, np.array([0, 1, 0], np.int32), 2, 2, 'png')
+  image = np.zeros((4, 2, 3), np.uint8)
+  for k, rows in enumerate(store.chunk_ranges(3, 2)):
+    store.write_chunk(store.chunk_path(fakes, k), [store.encode(image, 'png')] * len(rows))
+  tracker = stages.StageTracker(tmp_path)
+  tracker.mark('camstyle_generate')
+  paths = job.RunPaths(tmp_path)
+  job._check_fakes(tracker, paths)  # pylint: disable=protected-access
+  assert tracker.done('camstyle_generate')  # an intact store is kept
+  shutil.rmtree(fakes)
+  job._check_fakes(tracker, paths)  # pylint: disable=protected-access
+  assert not tracker.done('camstyle_generate')
 
 
 def test_finished_work_dir_prints_its_results(tmp_path):

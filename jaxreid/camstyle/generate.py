@@ -18,7 +18,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from jaxreid import checkpoint, parallel
+from jaxreid import parallel
 from jaxreid.camstyle import store as fake_store
 from jaxreid.camstyle import train as camstyle_train
 from jaxreid.data import augment
@@ -105,7 +105,6 @@ def generate(config: ml_collections.ConfigDict, split, camstyle_dir, fakes_dir, 
         encoded = [fake_store.encode(f, c.fake_format, c.jpeg_quality) for f in fakes]
         # Written last: its presence marks the chunk (and its HHL files) done.
         fake_store.write_chunk(fake_store.chunk_path(fakes_dir, k), encoded)
-        checkpoint.durable_write_done()
       bar.update(len(chunks[k]))
   finally:
     bar.close()

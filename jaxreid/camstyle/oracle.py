@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from jaxreid import checkpoint, parallel
+from jaxreid import parallel
 from jaxreid.camstyle import store as fake_store
 
 
@@ -42,7 +42,6 @@ def generate(config: ml_collections.ConfigDict, split, fakes_dir) -> dict:
       encoded = [fake_store.encode(f, c.fake_format, c.jpeg_quality)
                  for per_image in fakes for f in per_image]
       fake_store.write_chunk(fake_store.chunk_path(fakes_dir, k), encoded)
-      checkpoint.durable_write_done()
   parallel.barrier('oracle_fakes_written')
   store = fake_store.FakeStore.open(fakes_dir)
   summary = {'oracle': True, 'num_images': len(camids),

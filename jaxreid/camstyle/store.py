@@ -104,7 +104,7 @@ def write_index(root: pathlib.Path, camids: np.ndarray, num_cameras: int, chunk_
            'chunk_size': int(chunk_size), 'codec': codec}
   path = root / 'index.json'
   if path.exists():
-    old = json.loads(path.read_text())
+    old = _read_index(path)
     old_camids = np.load(root / 'camids.npy') if (root / 'camids.npy').exists() else None
     if old != index or old_camids is None or not np.array_equal(old_camids, camids):
       raise StoreError(f'{root} holds fakes of other images or settings ({old}); remove it or use '
@@ -117,6 +117,89 @@ def write_index(root: pathlib.Path, camids: np.ndarray, num_cameras: int, chunk_
   tmp = root / '.index.json.tmp'
   tmp.write_text(json.dumps(index, indent=2))
   os.replace(tmp, path)
+
+
+def _read_index(path: pathlib.Path) -> dict:
+  try:
+    index = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise StoreError(f'{path} is damaged (not JSON: {e}); run the same command again to '
+                     'regenerate the fakes') from e
+  if not isinstance(index, dict) or not {'num_images', 'num_cameras', 'chunk_size'} <= set(index):
+    raise StoreError(f'{path} is damaged (expected the store\'s index); run the same command '
+                     'again to regenerate the fakes')
+  return index
+
+
+def chunk_problem(path: pathlib.Path, num_records: int) -> str | None:
+  """Why the chunk file at `path` is not a complete chunk of `num_records` fakes (None if it is).
+
+  Reads only the footer and offsets, so checking a whole store is cheap.
+  """
+  if not path.is_file():
+    return f'{path.name} missing'
+  size = path.stat().st_size
+  expected_tail = (num_records + 1) * 8 + _FOOTER.size
+  if size < expected_tail:
+    return f'{path.name} truncated ({size} bytes)'
+  with open(path, 'rb') as f:
+    f.seek(size - expected_tail)
+    tail = f.read(expected_tail)
+  count, magic = _FOOTER.unpack(tail[-_FOOTER.size:])
+  if magic != _MAGIC or count != num_records:
+    return f'{path.name} damaged (bad footer)'
+  offsets = np.frombuffer(tail[:-_FOOTER.size], '<i8')
+  if offsets[0] != 0 or np.any(np.diff(offsets) <= 0) or offsets[-1] != size - expected_tail:
+    return f'{path.name} damaged (bad offsets)'
+  return None
+
+
+def check(root: str | os.PathLike) -> list[str]:
+  """What is missing or damaged in the store at `root` (empty when it is complete)."""
+  root = pathlib.Path(root)
+  index_path = root / 'index.json'
+  if not index_path.is_file():
+    return [f'{index_path.name} missing']
+  try:
+    index = _read_index(index_path)
+  except StoreError:
+    return [f'{index_path.name} damaged']
+  if not (root / 'camids.npy').is_file():
+    return ['camids.npy missing']
+  fakes_per_image = int(index['num_cameras']) - 1
+  problems = []
+  for k, rows in enumerate(chunk_ranges(int(index['num_images']), int(index['chunk_size']))):
+    problem = chunk_problem(chunk_path(root, k), len(rows) * fakes_per_image)
+    if problem:
+      problems.append(problem)
+  return problems
+
+
+def remove_damaged(root: str | os.PathLike) -> list[str]:
+  """Deletes what `check` finds damaged (so a generation run redoes it); returns the problems.
+
+  Fakes are derived data: a damaged chunk or index is rebuilt from the generator, not kept.
+  """
+  root = pathlib.Path(root)
+  problems = check(root)
+  if not problems:
+    return []
+  index_path = root / 'index.json'
+  if index_path.is_file():
+    try:
+      index = _read_index(index_path)
+    except StoreError:
+      index_path.unlink()
+      return problems
+    if not (root / 'camids.npy').is_file():
+      index_path.unlink()  # write_index starts the store afresh; whole chunks are still reused
+      return problems
+    fakes_per_image = int(index['num_cameras']) - 1
+    for k, rows in enumerate(chunk_ranges(int(index['num_images']), int(index['chunk_size']))):
+      path = chunk_path(root, k)
+      if path.is_file() and chunk_problem(path, len(rows) * fakes_per_image):
+        path.unlink()
+  return problems
 
 
 class FakeStore:
@@ -135,22 +218,23 @@ class FakeStore:
 
   @classmethod
   def open(cls, path: str | os.PathLike) -> 'FakeStore':
-    """Opens a complete store; one clear line if it is absent, foreign or unfinished."""
+    """Opens a complete store; one clear line if it is absent, foreign, unfinished or damaged."""
     root = pathlib.Path(path)
     index_path = root / 'index.json'
     if not index_path.is_file():
-      raise StoreError(f'{root}: no fakes store here (expected {index_path}); run the camstyle '
-                       'generation first')
-    index = json.loads(index_path.read_text())
+      raise StoreError(f'{root}: no fakes store here (expected {index_path}); run the same command '
+                       'again to generate the fakes')
+    index = _read_index(index_path)
     if index.get('format') != FORMAT:
       raise StoreError(f'{index_path}: format {index.get("format")!r}, expected {FORMAT!r}')
-    camids = np.load(root / 'camids.npy')
-    chunks = chunk_ranges(int(index['num_images']), int(index['chunk_size']))
-    missing = [k for k in range(len(chunks)) if not chunk_path(root, k).is_file()]
-    if missing:
-      raise StoreError(f'{root}: fakes store is incomplete ({len(chunks) - len(missing)} of '
-                       f'{len(chunks)} chunks); run the generation again to finish it')
-    return cls(root, index, camids)
+    problems = check(root)
+    if problems:
+      total = len(chunk_ranges(int(index['num_images']), int(index['chunk_size'])))
+      bad = sum(p.startswith('chunk_') for p in problems)
+      raise StoreError(f'{root}: fakes store is incomplete ({total - bad} of {total} chunks): '
+                       f'{", ".join(problems[:3])}{" ..." if len(problems) > 3 else ""}; run the '
+                       'same command again to regenerate what is missing')
+    return cls(root, index, np.load(root / 'camids.npy'))
 
   def __len__(self) -> int:
     return self.num_images

@@ -5,7 +5,8 @@
 """
 
 from jaxreid.data.builders import (BUILDERS, DukemtmcReid, Market1501, Msmt17, ReidFolder,
-                                   ReidSplit, load_split, load_splits, make_builder, prepare)
+                                   ReidSplit, load_split, load_splits, make_builder, prepare,
+                                   splits_of)
 from jaxreid.data.images import CorruptImageError
 from jaxreid.data.layouts import (SPLITS, DataError, DataWarning, Record, check_cameras,
                                   market_layout_records, msmt17_records)
@@ -14,4 +15,5 @@ __all__ = [
     'BUILDERS', 'CorruptImageError', 'DataError', 'DataWarning', 'DukemtmcReid', 'Market1501',
     'Msmt17', 'Record', 'ReidFolder', 'ReidSplit', 'SPLITS', 'check_cameras', 'load_split',
     'load_splits', 'make_builder', 'market_layout_records', 'msmt17_records', 'prepare',
+    'splits_of',
 ]

@@ -21,6 +21,8 @@ import logging
 import os
 import pathlib
 import re
+import shutil
+import threading
 import warnings
 from typing import Iterator
 
@@ -58,12 +60,40 @@ def _slug(text: str) -> str:
   return re.sub(r'[^a-z0-9]+', '_', text.lower()).strip('_')[:40] or 'data'
 
 
-def _try_encode(record: Record) -> bytes | str:
-  """Stored bytes of a record's image, or the one-line reason it is unusable."""
+_current = threading.local()  # the file a validation worker is decoding, for its warnings
+
+
+def _try_encode(record: Record) -> tuple[bytes, tuple[int, int]] | str:
+  """(stored bytes, (width, height)) of a record's image, or the one-line reason it is unusable."""
+  _current.name = record.file_name
   try:
-    return images.encode_for_store(record.path)
+    return images.encode_for_store_with_size(record.path)
   except images.CorruptImageError as e:
     return str(e)
+  finally:
+    _current.name = None
+
+
+@contextlib.contextmanager
+def _image_warnings_collected(collected: list[str]):
+  """Warnings PIL raises while a worker decodes an image go to `collected`, named by the file.
+
+  PIL names the in-memory buffer it read (and the warning points at the thread pool), so the
+  user could not tell which file it is about.
+  """
+  with warnings.catch_warnings():
+    show = warnings.showwarning
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+      name = getattr(_current, 'name', None)
+      if name is None:
+        show(message, category, filename, lineno, file, line)
+        return
+      text = re.sub(r'<_io\.BytesIO object at 0x[0-9a-f]+>', name, str(message))
+      collected.append(text if name in text else f'{name}: {text}')
+
+    warnings.showwarning = showwarning
+    yield
 
 
 class _ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -100,6 +130,14 @@ class _ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _layout_records(self, root: pathlib.Path) -> dict[str, list[Record]]:
     return layouts.market_layout_records(root, strict=self._strict, layout=self.LAYOUT)
 
+  # tfds announces "Downloading and preparing dataset": this builder reads a local folder only.
+  def _log_download_bytes(self) -> None:
+    print(f'Building the {self.LAYOUT}-layout data set from {self._root or "the manual folder"} '
+          f'into {self.data_dir} (local files only; nothing is downloaded)', flush=True)
+
+  def _log_download_done(self) -> None:
+    print(f'Built {self.data_dir}; later runs reuse it.', flush=True)
+
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
         builder=self,
@@ -125,16 +163,20 @@ class _ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             for split, records in split_records.items()}
 
   def _generate_examples(self, split: str, records: list[Record]) -> Iterator[tuple[int, dict]]:
-    pids, camids, names, skipped = [], [], [], []
+    pids, camids, names, skipped, noted, large = [], [], [], [], [], []
     index = 0
     # tfds shows the progress bar ('Generating train examples').
-    with concurrent.futures.ThreadPoolExecutor(self._threads) as pool:
+    with concurrent.futures.ThreadPoolExecutor(self._threads) as pool, \
+        _image_warnings_collected(noted):
       for start in range(0, len(records), _BUILD_CHUNK):
         chunk = records[start:start + _BUILD_CHUNK]
         for record, data in zip(chunk, pool.map(_try_encode, chunk)):
           if isinstance(data, str):
             skipped.append(data)
             continue
+          data, (width, height) = data
+          if max(width, height) > images.LARGE_SIDE:
+            large.append(f'{record.file_name} ({width}x{height})')
           yield index, {'image': data, 'pid': record.pid, 'camid': record.camid, 'index': index,
                         'file_name': record.file_name}
           pids.append(record.pid)
@@ -145,6 +187,17 @@ class _ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     if skipped:
       warnings.warn(f'{folder} ({split}): skipped {len(skipped)} unreadable image(s): '
                     f'{"; ".join(skipped[:3])}{" ..." if len(skipped) > 3 else ""}',
+                    DataWarning, stacklevel=2)
+    if noted:
+      unique = list(dict.fromkeys(noted))
+      warnings.warn(f'{folder} ({split}): {len(unique)} image warning(s): '
+                    f'{"; ".join(unique[:3])}{" ..." if len(unique) > 3 else ""}',
+                    DataWarning, stacklevel=2)
+    if large:
+      warnings.warn(f'{folder} ({split}): {len(large)} image(s) larger than '
+                    f'{images.LARGE_SIDE} pixels a side, stored at full size (the model reads '
+                    f'them resized; downscaling the folder saves disk and decoding time): '
+                    f'{"; ".join(large[:3])}{" ..." if len(large) > 3 else ""}',
                     DataWarning, stacklevel=2)
     if not index:
       raise DataError(f'{folder}: the {split} split has no readable images')
@@ -296,6 +349,7 @@ def prepare(data_config, tfds_dir, *, synthetic_config=None) -> _ReidBuilder:
     extra = {'with_val': bool(data_config.get('msmt17_with_val', True))} if name == 'msmt17' else {}
     builder = make_builder(name, data_config.get('root', ''), tfds_dir, strict=strict,
                            threads=threads, **extra)
+  _remove_incomplete_builds(builder)
   try:
     with _quiet_absl():
       builder.download_and_prepare()
@@ -303,6 +357,20 @@ def prepare(data_config, tfds_dir, *, synthetic_config=None) -> _ReidBuilder:
     raise DataError(f'{e.filename or tfds_dir}: not writable (expected a folder where the '
                     'array_record files can be written; set config.data.tfds_dir)') from e
   return builder
+
+
+def _remove_incomplete_builds(builder: _ReidBuilder) -> None:
+  """Deletes the incomplete.* folders of builds killed midway (tfds only removes them on errors).
+
+  One process builds a data set at a time (the primary), so such a folder belongs to no one.
+  """
+  data_dir = pathlib.Path(os.fspath(builder.data_dir))
+  if data_dir.exists():
+    return  # built: nothing is building into this folder
+  for stale in data_dir.parent.glob(f'incomplete.*_{data_dir.name}'):
+    if stale.is_dir():
+      logging.getLogger(__name__).warning('removing %s, left by a build that was stopped', stale)
+      shutil.rmtree(stale, ignore_errors=True)
 
 
 def load_split(data_config, split: str, tfds_dir, *, synthetic_config=None) -> ReidSplit:
@@ -320,5 +388,10 @@ def load_split(data_config, split: str, tfds_dir, *, synthetic_config=None) -> R
 
 def load_splits(data_config, tfds_dir, *, synthetic_config=None) -> dict[str, ReidSplit]:
   """{'train', 'query', 'gallery'} -> ReidSplit, building once (cheaper than three load_split)."""
-  builder = prepare(data_config, tfds_dir, synthetic_config=synthetic_config)
-  return {split: ReidSplit(builder, split, data_config.name) for split in layouts.SPLITS}
+  return splits_of(prepare(data_config, tfds_dir, synthetic_config=synthetic_config),
+                   data_config.name)
+
+
+def splits_of(builder: _ReidBuilder, name: str) -> dict[str, ReidSplit]:
+  """{'train', 'query', 'gallery'} -> ReidSplit of a builder `prepare` returned."""
+  return {split: ReidSplit(builder, split, name) for split in layouts.SPLITS}

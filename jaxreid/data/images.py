@@ -77,9 +77,18 @@ def _open_fully(data: bytes, name: str) -> Image.Image:
   return image
 
 
+# Images with a longer side are far above what a re-ID model reads: worth one warning per split.
+LARGE_SIDE = 2000
+
+
 def encode_for_store(path: str | pathlib.Path) -> bytes:
   """Validated bytes of an image file, re-encoded as PNG unless it is already an upright RGB
   JPEG/PNG. Raises CorruptImageError (one line naming the file) when it does not decode."""
+  return encode_for_store_with_size(path)[0]
+
+
+def encode_for_store_with_size(path: str | pathlib.Path) -> tuple[bytes, tuple[int, int]]:
+  """encode_for_store, plus the image's (width, height)."""
   path = pathlib.Path(path)
   try:
     data = path.read_bytes()
@@ -88,7 +97,7 @@ def encode_for_store(path: str | pathlib.Path) -> bytes:
   image = _open_fully(data, path.name)
   orientation = image.getexif().get(_EXIF_ORIENTATION, 1)
   if image.format in _KEPT_FORMATS and image.mode == 'RGB' and orientation in (0, 1):
-    return data
+    return data, image.size
   try:
     upright = ImageOps.exif_transpose(image) if orientation not in (0, 1) else image
     rgb = to_rgb(upright)
@@ -96,7 +105,7 @@ def encode_for_store(path: str | pathlib.Path) -> bytes:
     raise CorruptImageError(f'{path.name}: {e}') from e
   buffer = io.BytesIO()
   rgb.save(buffer, format='PNG')
-  return buffer.getvalue()
+  return buffer.getvalue(), rgb.size
 
 
 def decode_rgb(data: bytes) -> np.ndarray:
