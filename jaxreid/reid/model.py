@@ -66,6 +66,13 @@ def build_model(model_config: ml_collections.ConfigDict, conv: Any = None) -> Re
     raise ValueError(f'config.model.last_stride={model_config.last_stride!r}: expected 1 or 2')
   if not 0.0 <= model_config.dropout < 1.0:
     raise ValueError(f'config.model.dropout={model_config.dropout!r}: expected a value in [0, 1)')
+  if model_config.get('head', 'buc') == 'bn':
+    from jaxreid.reid import cluster_memory   # the density head's network
+    return cluster_memory.DensityNet(
+        arch=model_config.arch, last_stride=model_config.last_stride,
+        dtype=_DTYPES[model_config.dtype], pooling=model_config.get('pooling', 'avg'),
+        gem_p=float(model_config.get('gem_p', 3.0)),
+        conv=conv or fast_conv.conv_module(model_config.get('conv', 'auto')))
   return ReidNet(arch=model_config.arch, embedding_dim=model_config.embedding_dim,
                  dropout=model_config.dropout, last_stride=model_config.last_stride,
                  dtype=_DTYPES[model_config.dtype],
