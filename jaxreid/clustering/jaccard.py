@@ -135,13 +135,16 @@ def jaccard_from_encoding(v: sp.csr_matrix, max_distance: float | None = None,
     offsets = np.repeat(vt.indptr[c] - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
     pos = np.arange(total) + offsets
     m = np.minimum(np.repeat(part.data, lengths), vt.data[pos])
-    s = sp.csr_matrix((m, (np.repeat(part.row, lengths), vt.indices[pos])),
-                      shape=(part.shape[0], n))
-    s.sum_duplicates()
-    d = np.maximum(1.0 - s.data / (2.0 - s.data), 0.0).astype(np.float32)
+    # Summed into a dense [block, N] buffer: linear in the pairs, O(block * N) memory.
+    rows_here = part.shape[0]
+    flat = np.repeat(part.row.astype(np.int64), lengths) * n + vt.indices[pos]
+    s = np.bincount(flat, weights=m, minlength=rows_here * n)
+    where = np.flatnonzero(s > 0)
+    sv = s[where]
+    d = np.maximum(1.0 - sv / (2.0 - sv), 0.0).astype(np.float32)
     keep = d <= max_distance if max_distance is not None else np.ones(len(d), bool)
-    row = np.repeat(np.arange(part.shape[0]), np.diff(s.indptr))
-    out.append((d[keep], row[keep] + start, s.indices[keep]))
+    row, col = where // n, where % n
+    out.append((d[keep], row[keep] + start, col[keep]))
   # One construction from coordinates: sparse sums would drop the stored zeros.
   data, rows, cols = (np.concatenate(x) for x in zip(*out))
   return sp.csr_matrix((data, (rows, cols)), shape=(n, n))
