@@ -141,6 +141,8 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
              'outliers': int((labels < 0).sum()), **quality(labels, train.pids),
              'seconds': time.time() - t0}
       run.epochs.append(rec)
+      if parallel.is_primary():
+        framework._save_labels(reid_dir / 'labels' / f'epoch_{e + 1:03d}.npy', labels)  # pylint: disable=protected-access
       writer.write(e + 1, {k: v for k, v in rec.items() if k != 'epoch'}, prefix='cluster/')
       logging.info('epoch %d: %d clusters, %d outliers, pairwise precision %.3f recall %.3f '
                    '(%.1f s)', e + 1, rec['clusters'], rec['outliers'],
