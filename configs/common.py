@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- bottom-up merging
   c.cluster = ml_collections.ConfigDict()
+  # bottom_up: the paper (Algorithm 1) | density: re-clustering every epoch with DBSCAN on the
+  # k-reciprocal Jaccard distance and a cluster memory (Cluster Contrast), see config.density.
+  c.cluster.method = 'bottom_up'
   c.cluster.enabled = True       # False: ablation "without clustering" (one long step 0)
   c.cluster.merge_percent = 0.05  # mp: m = int(N * mp) merges per step
   c.cluster.size_penalty = 0.003  # lambda (diversity); 0 -> ablation "without diversity"
@@ -100,6 +103,31 @@ def get_config() -> ml_collections.ConfigDict:
   c.cluster.block_size = 512     # rows per streamed block of the distance kernel
   c.cluster.matmul_dtype = 'float32'  # float32 | bfloat16 (accelerators)
   c.cluster.max_steps = -1       # < 0: int(1 / merge_percent) - 1
+
+  # ---------------------------------------------------------------- density head (cluster.method)
+  # Reference values: Cluster Contrast (Dai et al., "Cluster Contrast for Unsupervised Person
+  # Re-Identification", ACCV 2022) with the k-reciprocal Jaccard distance of Zhong et al.
+  # ("Re-ranking Person Re-identification with k-reciprocal Encoding", CVPR 2017) as SpCL
+  # (Ge et al., NeurIPS 2020) uses it for clustering.
+  c.density = ml_collections.ConfigDict()
+  c.density.k1 = 30              # k-reciprocal neighbours (reference 30)
+  c.density.k2 = 6               # query-expansion neighbours (reference 6)
+  c.density.eps = 0.6            # DBSCAN radius on the Jaccard distance (0.6 Market-1501, 0.7 MSMT17)
+  c.density.min_samples = 4      # DBSCAN core-point size (reference 4); outliers sit the epoch out
+  c.density.memory_momentum = 0.1  # memory row <- m * row + (1 - m) * feature (reference 0.1)
+  c.density.temperature = 0.05   # contrastive loss temperature (reference 0.05)
+  c.density.instances = 16       # K images per cluster in a P x K batch (reference 16)
+  c.density.batch_size = 256     # global batch P * K (reference 256)
+  c.density.iters_per_epoch = 200  # train steps between re-clusterings (reference 200)
+  c.density.epochs = 50          # reference 50
+  c.density.lr = 3.5e-4          # Adam (reference 3.5e-4), the same for backbone and head
+  c.density.weight_decay = 5e-4  # L2 added to the gradient, as torch's Adam (reference 5e-4)
+  c.density.lr_step_epochs = 20  # lr x lr_decay_factor every this many epochs (reference 20)
+  c.density.lr_decay_factor = 0.1
+  c.density.pooling = 'avg'      # avg | gem (generalised mean; the reference offers both)
+  c.density.gem_p = 3.0          # GeM exponent (the reference learns it from 3; fixed here)
+  c.density.use_fakes = False    # True: camera-style fakes join the clustering (support sets)
+  c.density.eval_every = 10      # epochs between test evaluations (the last is always evaluated)
 
   # ---------------------------------------------------------------- camera-style StarGAN (HHL)
   c.camstyle = ml_collections.ConfigDict()

@@ -33,11 +33,19 @@ ABLATIONS = {
     'no_style_transfer': ('w/o style transfer', {'camstyle.enabled': False}),
     'no_diversity': ('w/o diversity (lambda = 0)', {'cluster.size_penalty': 0.0}),
     'no_constraint': ('w/o clustering constraint', {'cluster.constraint': False}),
+    # The density head (Cluster Contrast), without and with the fakes in its clustering.
+    'density': ('density head (DBSCAN + cluster memory)',
+                {'cluster.method': 'density', 'camstyle.enabled': False}),
+    'density_fakes': ('density head + support sets', {'cluster.method': 'density',
+                                                      'density.use_fakes': True}),
 }
+# Run by default: the paper's ablations; the density variants are asked for with --only.
+DEFAULT_ABLATIONS = ('full', 'no_clustering', 'no_style_transfer', 'no_diversity', 'no_constraint')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file.', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder holding one work dir per variant.')
-_ONLY = flags.DEFINE_list('only', list(ABLATIONS), f'Variants to run, from {list(ABLATIONS)}.')
+_ONLY = flags.DEFINE_list('only', list(DEFAULT_ABLATIONS),
+                          f'Variants to run, from {list(ABLATIONS)}.')
 _SWEEP = flags.DEFINE_string('sweep', '', 'key=v1,v2,...: run the full method once per value '
                              'instead of the ablations (e.g. cluster.merge_percent=0.03,0.05).')
 
@@ -87,7 +95,7 @@ def variants(config, only=None, sweep: str = '') -> dict:
       cfg = with_overrides(config, {key: _parse(value)})
       out[f'{key.split(".")[-1]}={value}'] = (f'{key} = {value}', cfg)
     return out
-  for name in only or ABLATIONS:
+  for name in only or DEFAULT_ABLATIONS:
     if name not in ABLATIONS:
       raise configlib.ConfigError(f'unknown ablation {name!r}: expected one of {list(ABLATIONS)}')
     description, overrides = ABLATIONS[name]

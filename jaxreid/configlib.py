@@ -156,3 +156,32 @@ def validate(c: ml_collections.ConfigDict) -> None:
          c.data.crop_area_min, f'at most data.crop_area_max={c.data.crop_area_max}')
   _check(c.train.step0_epochs >= 0 and c.train.later_epochs >= 0, 'train.step0_epochs',
          (c.train.step0_epochs, c.train.later_epochs), 'non-negative epoch counts')
+  _validate_density(c)
+
+
+_METHODS = ('bottom_up', 'density')
+
+
+def _validate_density(c: ml_collections.ConfigDict) -> None:
+  """The density head's fields (config.density), checked whichever method runs."""
+  _check(c.cluster.method in _METHODS, 'cluster.method', c.cluster.method, f'one of {_METHODS}')
+  d = c.density
+  _check(d.eps > 0.0, 'density.eps', d.eps, 'a positive DBSCAN radius, e.g. 0.6')
+  for key in ('k1', 'k2', 'min_samples', 'instances', 'batch_size', 'iters_per_epoch', 'epochs',
+              'lr_step_epochs', 'eval_every'):
+    _check(d[key] >= 1, f'density.{key}', d[key], 'a positive integer')
+  _check(d.k2 <= d.k1, 'density.k2', d.k2, f'at most density.k1={d.k1}')
+  _check(d.instances <= d.batch_size and d.batch_size % d.instances == 0, 'density.instances',
+         d.instances, f'a divisor of density.batch_size={d.batch_size} (P x K batches)')
+  _check(d.temperature > 0.0, 'density.temperature', d.temperature,
+         'a positive temperature, e.g. 0.05')
+  _check(0.0 <= d.memory_momentum < 1.0, 'density.memory_momentum', d.memory_momentum,
+         'a momentum in [0, 1), e.g. 0.1')
+  _check(d.lr > 0.0, 'density.lr', d.lr, 'a positive learning rate')
+  _check(d.pooling in ('avg', 'gem'), 'density.pooling', d.pooling, "'avg' or 'gem'")
+  _check(d.gem_p > 0.0, 'density.gem_p', d.gem_p, 'a positive exponent, e.g. 3')
+  if c.data.name == 'synthetic':
+    n = c.synthetic.num_train_ids * c.synthetic.images_per_id
+    _check(d.instances <= c.synthetic.images_per_id, 'density.instances', d.instances,
+           f'at most synthetic.images_per_id={c.synthetic.images_per_id} (no cluster of '
+           f'{n} images can give more distinct images of one identity)')

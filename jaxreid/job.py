@@ -165,7 +165,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   mesh = parallel.make_mesh()
   sets = load_data(config, paths)
   store = None
-  if config.camstyle.enabled:
+  # The density head uses fakes only with density.use_fakes: without, no StarGAN is trained.
+  if config.camstyle.enabled and (config.cluster.method != 'density' or config.density.use_fakes):
     from jaxreid.camstyle import generate as camstyle_generate
     from jaxreid.camstyle import oracle
     from jaxreid.camstyle import train as camstyle_train
@@ -187,6 +188,8 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
 
   if not tracker.done('reid'):
     from jaxreid import framework
+    if config.cluster.method == 'density':
+      from jaxreid import density_framework as framework
     t0 = time.time()
     summary = framework.train_reid(config, sets, store, mesh, paths)
     tracker.mark('reid', {**summary, 'seconds': time.time() - t0})

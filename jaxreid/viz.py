@@ -173,7 +173,8 @@ def _dataset_label(name: str) -> str:
 # ------------------------------------------------------------------------------- Fig. 7
 
 def plot_steps(steps: Sequence[Mapping], path, *, dataset: str = '',
-               kept_step: int | None = None) -> pathlib.Path:
+               kept_step: int | None = None,
+               xlabel: str = 'step (merging iteration)') -> pathlib.Path:
   """Fig. 7: test rank-1 / mAP (and validation, if any) with the number of clusters per step;
   a second panel shows cluster quality when the records hold it."""
   if not steps:
@@ -197,7 +198,7 @@ def plot_steps(steps: Sequence[Mapping], path, *, dataset: str = '',
   if kept_step is not None:
     lines.append(ax.axvline(kept_step, color='tab:green', ls=':', lw=1.5,
                             label=f'kept model (step {kept_step})'))
-  ax.set_xlabel('step (merging iteration)')
+  ax.set_xlabel(xlabel)
   ax.set_ylabel('accuracy (%)')
   ax.set_ylim(0, 100)
   ax.grid(alpha=0.3)
@@ -217,7 +218,7 @@ def plot_steps(steps: Sequence[Mapping], path, *, dataset: str = '',
              'pairwise_recall': 'pairwise recall', 'pairwise_f': 'pairwise F'}
     for k, marker in zip(quality, 'os^d'):
       ax.plot(x, [100 * s[k] for s in steps], marker + '-', label=names[k])
-    ax.set_xlabel('step (merging iteration)')
+    ax.set_xlabel(xlabel)
     ax.set_ylabel('%')
     ax.set_ylim(0, 105)
     ax.set_xticks(x)
@@ -558,8 +559,12 @@ def plot_run(workdir, out_dir=None, *, num_queries: int = 4, topk: int = 10, max
 
   if records.steps:
     kept = (records.results or {}).get('best', {}).get('step')
+    # The density head evaluates after epochs (each one re-clusters), not after merging steps.
+    density = (records.results or {}).get('method') == 'density'
     written['fig7_steps'] = plot_steps(records.steps, out / 'fig7_steps.png',
-                                       dataset=records.dataset, kept_step=kept)
+                                       dataset=records.dataset, kept_step=kept,
+                                       **({'xlabel': 'epoch (re-clustered every epoch)'}
+                                          if density else {}))
   else:
     skip('fig7_steps', 'no evaluated step yet')
 

@@ -93,11 +93,16 @@ class Bottleneck(nn.Module):
 
 
 class ResNet(nn.Module):
-  """ResNet trunk: returns the globally average-pooled last stage, float32 [B, feature_dim]."""
+  """ResNet trunk: returns the globally pooled last stage, float32 [B, feature_dim].
+
+  pooling 'avg' (BUC), or 'gem': generalised mean (mean of x^p)^(1/p) with exponent gem_p.
+  """
   arch: str = 'resnet50'
   last_stride: int = 2
   dtype: Any = jnp.float32
   conv: ModuleDef = nn.Conv
+  pooling: str = 'avg'
+  gem_p: float = 3.0
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -127,4 +132,9 @@ class ResNet(nn.Module):
                       projection=(b == 0 and (strides != 1 or in_planes != out_planes)),
                       name=f'layer{stage + 1}_{b}')(x)
         in_planes = out_planes
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    x = x.astype(jnp.float32)
+    if self.pooling == 'gem':
+      # After the ReLU x >= 0; the clip keeps x^(1/p)'s gradient finite at 0.
+      p = self.gem_p
+      return jnp.mean(jnp.maximum(x, 1e-6) ** p, axis=(1, 2)) ** (1.0 / p)
+    return jnp.mean(x, axis=(1, 2))
