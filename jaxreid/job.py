@@ -162,6 +162,9 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     _log_results(results, 'finished run')
     return results
 
+  from jaxreid.reid import pretrained
+  # A missing weights package or a checkpoint of another network is known before any data is built.
+  pretrained.check_init_checkpoint(config.model, config.data.height, config.data.width)
   mesh = parallel.make_mesh()
   sets = load_data(config, paths)
   store = None

@@ -78,7 +78,8 @@ def main(argv):
 _USER_ERRORS = (('jaxreid.stages', 'RunError'), ('jaxreid.data.layouts', 'DataError'),
                 ('jaxreid.reid.export', 'ModelError'), ('jaxreid.camstyle.store', 'StoreError'),
                 ('jaxreid.configlib', 'ConfigError'), ('jaxreid.records', 'RecordError'),
-                ('jaxreid.checkpoint', 'CheckpointError'))
+                ('jaxreid.checkpoint', 'CheckpointError'),
+                ('jaxreid.reid.pretrained', 'PretrainedError'))
 
 
 def _user_errors() -> tuple[type, ...]:

@@ -121,6 +121,10 @@ CASES = {
     'config.json not JSON': (_corrupt('config.json', '{"data": '), 1,
                              'config.json is damaged (not JSON'),
     'config.json null': (_corrupt('config.json', 'null'), 1, 'config.json is damaged'),
+    'init checkpoint missing': (_batch('model.init_checkpoint', '/nonexistent/r50.msgpack'), 1,
+                                "init_checkpoint='/nonexistent/r50.msgpack': no such file"),
+    'named weights for another arch': (_batch('model.init_checkpoint', 'efficientnet_lite0'), 1,
+                                       'holds the efficientnet_lite0 backbone, but'),
     'finished, results.json damaged, no copy': (
         _finished_results_corrupt_no_copy, 1, 'cannot be rebuilt'),
 }

@@ -17,7 +17,7 @@ common = configlib.load_sibling(
     str(pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'x.py'), 'common')
 
 # Every backbone that build_model offers should be listed here.
-ARCHS = ['tiny', 'resnet18']
+ARCHS = ['tiny', 'resnet18', 'efficientnet_lite0']
 HEIGHT, WIDTH = 64, 32
 
 # Loads and runs a JAX serving file with jaxreid made impossible to import: plain jax is enough.
