@@ -42,14 +42,6 @@ ABLATIONS = {
 # Run by default: the paper's ablations; the density variants are asked for with --only.
 DEFAULT_ABLATIONS = ('full', 'no_clustering', 'no_style_transfer', 'no_diversity', 'no_constraint')
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Folder holding one work dir per variant.')
-_ONLY = flags.DEFINE_list('only', list(DEFAULT_ABLATIONS),
-                          f'Variants to run, from {list(ABLATIONS)}.')
-_SWEEP = flags.DEFINE_string('sweep', '', 'key=v1,v2,...: run the full method once per value '
-                             'instead of the ablations (e.g. cluster.merge_percent=0.03,0.05).')
-
-
 def total_epochs(config) -> int:
   """Epochs the full method trains over all its steps."""
   from jaxreid.framework import num_steps
@@ -178,6 +170,19 @@ def main(argv):
     sys.exit(f'jaxreid.ablations: {e}')
 
 
+def _define_flags():
+  """The command line's flags; defined only when run as a program, so that importing this module
+  beside jaxreid.main (which defines --config too) does not clash."""
+  global _CONFIG, _WORKDIR, _ONLY, _SWEEP
+  _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file.', lock_config=True)
+  _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder holding one work dir per variant.')
+  _ONLY = flags.DEFINE_list('only', list(DEFAULT_ABLATIONS),
+                            f'Variants to run, from {list(ABLATIONS)}.')
+  _SWEEP = flags.DEFINE_string('sweep', '', 'key=v1,v2,...: run the full method once per value '
+                               'instead of the ablations (e.g. cluster.merge_percent=0.03,0.05).')
+
+
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

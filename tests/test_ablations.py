@@ -24,7 +24,7 @@ def _changed(config, base) -> dict:
 def test_each_variant_changes_only_its_own_fields():
   base = tiny_config.config()
   out = ablations.variants(base)
-  assert list(out) == list(ablations.ABLATIONS)
+  assert list(out) == list(ablations.DEFAULT_ABLATIONS)
   total = base.train.step0_epochs + (base.cluster.max_steps - 1) * base.train.later_epochs
   assert total == 2 + 2 * 1   # the full run's 3 steps: 2 + 1 + 1 epochs
   expected = {

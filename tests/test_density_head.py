@@ -186,11 +186,14 @@ def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, m
   class Killed(Exception):
     pass
 
-  def die():
+  save = checkpoint.Checkpointer.save
+
+  def save_then_die(self, *args, **kwargs):
+    save(self, *args, **kwargs)   # blocks until the checkpoint is on disk
     writes['n'] += 1
     if writes['n'] == 4:
       raise Killed()
-  monkeypatch.setattr(checkpoint, 'durable_write_done', die)
+  monkeypatch.setattr(checkpoint.Checkpointer, 'save', save_then_die)
   with pytest.raises(Killed):
     job.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
   monkeypatch.undo()
