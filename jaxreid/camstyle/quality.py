@@ -103,24 +103,30 @@ def camera_measure(real_feats, real_cams, real_pids, fake_feats, src, tgt, seed:
 def identity_measure(real_feats, real_cams, real_pids, fake_feats, src, tgt) -> dict:
   """Fraction of other people's target-camera reals that the source beats, for fakes and for
   the source's own real images in the target camera (the reference)."""
-  def beats(query, anchor, cam, pid):
-    """Distance query<->anchor against query<->every other person's image in camera cam."""
-    others = np.flatnonzero((real_cams == cam) & (real_pids != pid))
-    d_anchor = np.linalg.norm(query - anchor)
-    d_others = np.linalg.norm(real_feats[others] - query, axis=1)
-    return np.mean(d_anchor < d_others), d_anchor < d_others.min()
+  real_feats = np.asarray(real_feats, np.float64)
+  sq = np.sum(real_feats ** 2, axis=1)
 
-  fake = np.array([beats(fake_feats[j], real_feats[src[j]], tgt[j], real_pids[src[j]])
-                   for j in range(len(src))])
-  real = []
-  for i in np.unique(src):
-    for j in np.flatnonzero((real_pids == real_pids[i]) & (real_cams != real_cams[i])):
-      real.append(beats(real_feats[j], real_feats[i], real_cams[j], real_pids[i]))
-  real = np.array(real) if real else np.zeros((0, 2))
-  return {'fake_beats_others': float(fake[:, 0].mean()), 'fake_nearest': float(fake[:, 1].mean()),
-          'real_match_beats_others': float(real[:, 0].mean()) if len(real) else None,
-          'real_match_nearest': float(real[:, 1].mean()) if len(real) else None,
-          'real_matches': int(len(real))}
+  def beats(queries, anchors, cams, pids):
+    """Per query: distance to its anchor against distances to every other person's image in cams."""
+    queries = np.asarray(queries, np.float64)
+    d = np.sqrt(np.maximum(np.sum(queries ** 2, 1)[:, None] + sq[None] - 2 * queries @ real_feats.T, 0))
+    d_anchor = np.linalg.norm(queries - real_feats[anchors], axis=1)
+    others = (real_cams[None] == cams[:, None]) & (real_pids[None] != pids[:, None])
+    closer = (d_anchor[:, None] < d) & others
+    return closer.sum(1) / np.maximum(others.sum(1), 1), closer.sum(1) == others.sum(1)
+
+  fake_beats, fake_nearest = beats(fake_feats, src, tgt, real_pids[src])
+  # Reference: every real image of a source's person in another camera, against its source.
+  pairs = [(i, j) for i in np.unique(src)
+           for j in np.flatnonzero((real_pids == real_pids[i]) & (real_cams != real_cams[i]))]
+  out = {'fake_beats_others': float(fake_beats.mean()), 'fake_nearest': float(fake_nearest.mean()),
+         'real_match_beats_others': None, 'real_match_nearest': None, 'real_matches': len(pairs)}
+  if pairs:
+    i, j = np.array(pairs).T
+    real_beats, real_nearest = beats(real_feats[j], i, real_cams[j], real_pids[i])
+    out.update(real_match_beats_others=float(real_beats.mean()),
+               real_match_nearest=float(real_nearest.mean()))
+  return out
 
 
 def measure(real_images: np.ndarray, real_cams, real_pids, fakes: np.ndarray, src, tgt,

@@ -100,6 +100,19 @@ def cache_dir() -> pathlib.Path:
   return pathlib.Path(root) / 'weights'
 
 
+def _content_tag(source: pathlib.Path) -> str:
+  """8 hex digits that change with the file's content.
+
+  Hub-style weight files carry the start of their SHA-256 in their name (`...-57934424.pth`): that is
+  used as is, since hashing the 18.8 MB on every run (the early check, then the load) costs seconds.
+  """
+  tag = source.stem.rsplit('-', 1)[-1]
+  if len(tag) == 8 and all(ch in '0123456789abcdef' for ch in tag):
+    return tag
+  with open(source, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()[:8]
+
+
 def named_checkpoint(name: str) -> pathlib.Path:
   """The cached msgpack of a named backbone, converted from its installed package on first use."""
   arch, package, module, cls = NAMED[name]
@@ -112,9 +125,7 @@ def named_checkpoint(name: str) -> pathlib.Path:
   if not source.is_file():
     raise PretrainedError(f'config.model.init_checkpoint={name!r}: {source} is missing; '
                             f'reinstall {package}')
-  with open(source, 'rb') as f:
-    digest = hashlib.sha256(f.read()).hexdigest()[:8]
-  target = cache_dir() / f'{name}-{digest}.msgpack'
+  target = cache_dir() / f'{name}-{_content_tag(source)}.msgpack'
   if not target.is_file():
     try:
       tree = efficientnet_from_torch(torch_file.load_state_dict(source))
