@@ -125,6 +125,21 @@ CASES = {
                                 "init_checkpoint='/nonexistent/r50.msgpack': no such file"),
     'named weights for another arch': (_batch('model.init_checkpoint', 'efficientnet_lite0'), 1,
                                        'holds the efficientnet_lite0 backbone, but'),
+    'unknown cluster method': (_batch('cluster.method', 'kmeans'), 1,
+                               "config.cluster.method='kmeans': expected one of"),
+    'density eps zero': (_batch('density.eps', 0.0), 1,
+                         'config.density.eps=0.0: expected a positive DBSCAN radius'),
+    'density eps negative': (_batch('density.eps', -0.5), 1,
+                             'config.density.eps=-0.5: expected a positive DBSCAN radius'),
+    'density k2 above k1': (_batch('density.k2', 40), 1,
+                            'config.density.k2=40: expected at most density.k1=20'),
+    'density min_samples zero': (_batch('density.min_samples', 0), 1,
+                                 'config.density.min_samples=0: expected a positive integer'),
+    'density K not dividing the batch': (_batch('density.instances', 24), 1,
+                                         'config.density.instances=24: expected a divisor of'),
+    'density K above an identity': (_batch('density.instances', 8), 1,
+                                    'config.density.instances=8: expected at most synthetic.'
+                                    'images_per_id=4'),
     'finished, results.json damaged, no copy': (
         _finished_results_corrupt_no_copy, 1, 'cannot be rebuilt'),
 }

@@ -1,7 +1,9 @@
-"""The Colab demo: committed clean, and it runs end to end at its tiny size showing every figure."""
+"""The Colab demo: committed clean, and it runs end to end at its tiny size showing every figure,
+the optional density head's cell included."""
 
 import base64
 import io
+import json
 import os
 import pathlib
 
@@ -38,7 +40,7 @@ def test_notebook_runs_at_tiny_size_and_shows_every_figure(tmp_path):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = tmp_path / 'run'
   env = dict(os.environ, JAXREID_DEMO_SIZE='tiny', JAXREID_DEMO_WORKDIR=str(workdir),
-             JAX_PLATFORMS='cpu')
+             JAXREID_DEMO_DENSITY='1', JAX_PLATFORMS='cpu')
   # Colab has one host device; the 8 virtual devices of the test session would only add compiles.
   env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
                               if not f.startswith('--xla_force_host_platform_device_count'))
@@ -57,6 +59,8 @@ def test_notebook_runs_at_tiny_size_and_shows_every_figure(tmp_path):
     with Image.open(io.BytesIO(base64.b64decode(png))) as im:
       assert im.format == 'PNG' and im.width >= 300 and im.height >= 100
   tables = [o.data['text/markdown'] for o in outputs if 'text/markdown' in o.get('data', {})]
-  assert len(tables) == 1 and '| kept model' in tables[0]
+  assert len(tables) == 2 and all('| kept model' in t for t in tables)  # bottom-up, density
+  density = json.loads((tmp_path / 'run_density' / 'results.json').read_text())
+  assert density['method'] == 'density' and len(density['epochs']) == 3
   for name in viz.FIGURES:
     assert (workdir / 'figures' / f'{name}.png').is_file(), name
