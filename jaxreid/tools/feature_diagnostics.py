@@ -157,10 +157,12 @@ def main(argv):
   print(f'train nearest neighbour: same identity {n["nn_same_identity"]:.3f}, same camera '
         f'{n["nn_same_camera"]:.3f}; nearest other-camera image same identity '
         f'{n["cross_camera_nn_same_identity"]:.3f}')
+  def share(x):
+    return '-' if x is None else f'{x:.3f}'
   for s in r['merge_steps']:
     print(f'merge step {s["step"]}: {s["clusters"]} clusters, precision {s["pairwise_precision"]:.3f}, '
-          f'same-camera pairs {s["same_camera_pairs"]} (precision {s["same_camera_precision"]}), '
-          f'cross-camera pairs {s["cross_camera_pairs"]} (precision {s["cross_camera_precision"]})')
+          f'same-camera pairs {s["same_camera_pairs"]} (precision {share(s["same_camera_precision"])}), '
+          f'cross-camera pairs {s["cross_camera_pairs"]} (precision {share(s["cross_camera_precision"])})')
   print(f'density (eps {d["eps"]}): {d["clusters"]} clusters, {d["outliers"]} outliers, precision '
         f'{d["pairwise_precision"]:.3f}, {d["cameras_per_cluster"]:.2f} cameras per cluster')
 
