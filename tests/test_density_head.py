@@ -174,11 +174,11 @@ def density_config(**overrides):
 
 @pytest.mark.slow
 def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, monkeypatch):
-  from jaxreid import job, viz
+  from jaxreid import run_stages, viz
   jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
   cfg = density_config()
   configlib.validate(cfg)
-  full = job.run(copy.deepcopy(cfg), str(tmp_path / 'full'))
+  full = run_stages.run(copy.deepcopy(cfg), str(tmp_path / 'full'))
 
   # Die right after the 4th checkpoint (epoch 2's clustering), then resume.
   writes = {'n': 0}
@@ -195,9 +195,9 @@ def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, m
       raise Killed()
   monkeypatch.setattr(checkpoint.Checkpointer, 'save', save_then_die)
   with pytest.raises(Killed):
-    job.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
+    run_stages.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
   monkeypatch.undo()
-  resumed = job.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
+  resumed = run_stages.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
 
   timeless = lambda r: {**r, 'epochs': [{k: v for k, v in e.items() if k != 'seconds'}
                                         for e in r['epochs']]}
@@ -226,12 +226,12 @@ def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, m
 
 @pytest.mark.slow
 def test_density_run_with_fakes_clusters_support_sets(tmp_path):
-  from jaxreid import job
+  from jaxreid import run_stages
   jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
   cfg = density_config(**{'camstyle.enabled': True, 'camstyle.oracle': True,
                           'density.use_fakes': True, 'density.epochs': 1,
                           'density.eval_every': 1})
   configlib.validate(cfg)
-  out = job.run(cfg, str(tmp_path / 'run'))
+  out = run_stages.run(cfg, str(tmp_path / 'run'))
   assert out['method'] == 'density' and len(out['epochs']) == 1
   assert (tmp_path / 'run' / 'fakes').is_dir()

@@ -94,7 +94,7 @@ def learning_rate(base_lr: float, step, total: int, decay: int):
 # ------------------------------------------------------------------ state and step
 
 # The builders below return fresh jitted functions; a second train() or generate() in one process
-# recompiles, which the persistent compilation cache (jaxreid.runtime) turns into a disk read.
+# recompiles, which the persistent compilation cache (jaxreid.cli_setup) turns into a disk read.
 
 
 def init_state(config: ml_collections.ConfigDict, num_cameras: int) -> GanState:
