@@ -44,7 +44,7 @@ DEFAULT_ABLATIONS = ('full', 'no_clustering', 'no_style_transfer', 'no_diversity
 
 def total_epochs(config) -> int:
   """Epochs the full method trains over all its steps."""
-  from jaxreid.framework import num_steps
+  from jaxreid.loops.algorithm1 import num_steps
   steps = num_steps(config, num_images=1)
   return config.train.step0_epochs + (steps - 1) * config.train.later_epochs
 

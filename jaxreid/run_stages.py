@@ -279,11 +279,12 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     store = FakeStore.open(paths.fakes)
 
   if not tracker.done('reid'):
-    from jaxreid import framework
     if config.cluster.method == 'density':
-      from jaxreid import density_framework as framework
+      from jaxreid.loops import density as loop
+    else:
+      from jaxreid.loops import algorithm1 as loop
     t0 = time.time()
-    summary = framework.train_reid(config, sets, store, mesh, paths)
+    summary = loop.train_reid(config, sets, store, mesh, paths)
     tracker.mark('reid', {**summary, 'seconds': time.time() - t0})
 
   parallel.barrier('reid_done')

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tiny_config
-from jaxreid import checkpoint, configlib, density_framework, parallel, records
+from jaxreid import checkpoint, configlib, parallel, records
+from jaxreid.loops import density as density_loop
 from jaxreid.reid import cluster_memory
 
 common = configlib.load_sibling(
@@ -102,11 +103,11 @@ def test_bad_density_values_get_one_line(key, value, needle):
 def test_k_larger_than_every_cluster_gets_one_line():
   c = common.get_config()
   with pytest.raises(configlib.ConfigError) as e:
-    density_framework.check_clusters(c, np.array([0, 0, 1, 1, 1, -1]), epoch=2)
+    density_loop.check_clusters(c, np.array([0, 0, 1, 1, 1, -1]), epoch=2)
   assert 'config.density.instances=16: expected at most the largest cluster (3 images at epoch 2)' \
       in str(e.value)
   with pytest.raises(configlib.ConfigError, match='DBSCAN found no cluster at epoch 1'):
-    density_framework.check_clusters(c, np.array([-1, -1]), epoch=1)
+    density_loop.check_clusters(c, np.array([-1, -1]), epoch=1)
 
 
 def run_steps(step, state_host, mesh, batches, lr):
