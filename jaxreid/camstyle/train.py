@@ -9,7 +9,6 @@ and the iteration, so a killed run resumes from its last Orbax checkpoint to the
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import sys
 from typing import Any, Callable
@@ -23,7 +22,7 @@ import optax
 from PIL import Image
 from tqdm import tqdm
 
-from jaxreid import checkpoint, parallel, records
+from jaxreid import atomic, checkpoint, parallel, records
 from jaxreid.camstyle import stargan
 from jaxreid.configlib import ConfigError
 from jaxreid.data import augment, pipeline
@@ -279,10 +278,8 @@ def sample_grid(reals: np.ndarray, fakes: np.ndarray, gap: int = 2) -> np.ndarra
 
 def save_png(path: pathlib.Path, image: np.ndarray) -> None:
   """Writes a PNG atomically (temp file + rename)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp')
-  Image.fromarray(image).save(tmp, format='PNG')
-  os.replace(tmp, path)
+  with atomic.writing(path) as tmp:
+    Image.fromarray(image).save(tmp, format='PNG')
 
 
 # ------------------------------------------------------------------ the loop

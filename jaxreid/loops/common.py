@@ -7,7 +7,7 @@ import pathlib
 
 import numpy as np
 
-from jaxreid import checkpoint, evaluation, parallel, records
+from jaxreid import atomic, checkpoint, evaluation, parallel, records
 from jaxreid.evaluation import METRIC_KEYS
 from jaxreid.reid import export, extract
 
@@ -66,20 +66,16 @@ def print_evaluation(what: str, record: dict) -> None:
 
 def save_features(path: pathlib.Path, feats: dict, query, gallery) -> None:
   """Test features (float16) with ids, for the t-SNE and ranked-result figures."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp.npz')
-  np.savez(tmp, query=feats['query'].astype(np.float16),
-           gallery=feats['gallery'].astype(np.float16), query_pids=query.pids,
-           gallery_pids=gallery.pids, query_camids=query.camids, gallery_camids=gallery.camids)
-  tmp.replace(path)
+  with atomic.writing(path) as tmp:
+    np.savez(tmp, query=feats['query'].astype(np.float16),
+             gallery=feats['gallery'].astype(np.float16), query_pids=query.pids,
+             gallery_pids=gallery.pids, query_camids=query.camids, gallery_camids=gallery.camids)
 
 
 def save_labels(path: pathlib.Path, labels: np.ndarray) -> None:
   """The pseudo-labels a step trains on, kept for analysis and for comparing runs."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp.npy')
-  np.save(tmp, labels)
-  tmp.replace(path)
+  with atomic.writing(path) as tmp:
+    np.save(tmp, labels)
 
 
 def is_better(record: dict, best: dict | None) -> bool:
