@@ -23,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from jaxreid import configlib, records
-from jaxreid.runtime import setup_runtime
+from jaxreid.cli_setup import setup_runtime
 
 # name -> (description, overrides). "Without clustering" trains step 0 alone for as many epochs as
 # the whole full run, so both see the same amount of training (see `variants`).
@@ -44,7 +44,7 @@ DEFAULT_ABLATIONS = ('full', 'no_clustering', 'no_style_transfer', 'no_diversity
 
 def total_epochs(config) -> int:
   """Epochs the full method trains over all its steps."""
-  from jaxreid.framework import num_steps
+  from jaxreid.loops.algorithm1 import num_steps
   steps = num_steps(config, num_images=1)
   return config.train.step0_epochs + (steps - 1) * config.train.later_epochs
 
@@ -104,8 +104,8 @@ def variants(config, only=None, sweep: str = '') -> dict:
 
 def _share_camstyle(source: pathlib.Path, target: pathlib.Path) -> None:
   """Copies a finished StarGAN + fakes into a new work dir whose StarGAN config is the same."""
-  from jaxreid import stages
-  src, dst = stages.StageTracker(source), stages.StageTracker(target)
+  from jaxreid.run_stages import StageTracker
+  src, dst = StageTracker(source), StageTracker(target)
   if dst.done('camstyle_generate') or not src.done('camstyle_generate'):
     return
   for sub in ('camstyle', 'fakes'):
@@ -125,7 +125,7 @@ def _same_camstyle(a, b) -> bool:
 
 def run_all(config, workdir: str | pathlib.Path, only=None, sweep: str = '') -> list[dict]:
   """Runs (or resumes) every variant; returns one row per variant and writes table.md."""
-  from jaxreid import job
+  from jaxreid import run_stages
   workdir = pathlib.Path(workdir)
   config = copy.deepcopy(config)
   if not config.data.tfds_dir:
@@ -138,7 +138,7 @@ def run_all(config, workdir: str | pathlib.Path, only=None, sweep: str = '') -> 
     if cfg.camstyle.enabled and donor is not None and _same_camstyle(cfg, donor[1]):
       _share_camstyle(donor[0], run_dir)
     print(f'=== {name}: {description}', flush=True)
-    results = job.run(cfg, str(run_dir))
+    results = run_stages.run(cfg, str(run_dir))
     if cfg.camstyle.enabled and donor is None:
       donor = (run_dir, cfg)
     rows.append({'variant': name, 'description': description, **results})

@@ -10,7 +10,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from jaxreid import configlib
-from jaxreid.runtime import setup_runtime
+from jaxreid.cli_setup import setup_runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Config file (configs/*.py); override fields with --config.a.b=v.',
@@ -56,17 +56,17 @@ def main(argv):
   setup_runtime()
   config = _CONFIG.value
   # Imported late so that flag errors come back at once.
-  from jaxreid import job, parallel
+  from jaxreid import parallel, run_stages
   try:
     configlib.validate(config)
     if not config.distributed:
       # Before the devices start (jax.distributed must start first where it is used).
-      job.check_workdir(_WORKDIR.value)
+      run_stages.check_workdir(_WORKDIR.value)
     parallel.initialize(config.distributed, _COORDINATOR.value, _NUM_PROCESSES.value,
                         _PROCESS_ID.value)
     import jax  # pylint: disable=import-outside-toplevel
     configlib.validate_devices(config, jax.device_count())
-    job.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
+    run_stages.run(config, _WORKDIR.value, allow_config_change=_ALLOW_CHANGE.value)
   except Exception as e:  # pylint: disable=broad-except
     if isinstance(e, _user_errors()):
       _fail(e)
@@ -75,7 +75,7 @@ def main(argv):
 
 # The errors a user can cause and fix, each one line: (module, class). Only modules already
 # imported are looked at (one that was not cannot have raised), so an early error stays cheap.
-_USER_ERRORS = (('jaxreid.stages', 'RunError'), ('jaxreid.data.layouts', 'DataError'),
+_USER_ERRORS = (('jaxreid.run_stages', 'RunError'), ('jaxreid.data.layouts', 'DataError'),
                 ('jaxreid.reid.export', 'ModelError'), ('jaxreid.camstyle.store', 'StoreError'),
                 ('jaxreid.configlib', 'ConfigError'), ('jaxreid.records', 'RecordError'),
                 ('jaxreid.checkpoint', 'CheckpointError'),

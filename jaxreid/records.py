@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import tempfile
 import time
 from typing import Any, Mapping
 
 import numpy as np
 
+from jaxreid import atomic
+
 
 class RecordError(ValueError):
   """A record in a work dir is damaged; the message is one line naming the file and what to do."""
-
-
-def _umask() -> int:
-  # os.umask can only be read by setting it; done once, before any threads write records.
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-_FILE_MODE = 0o666 & ~_umask()
 
 
 def _plain(obj: Any) -> Any:
@@ -41,16 +32,8 @@ def _plain(obj: Any) -> Any:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   """Writes JSON so that a reader (or a killed run) never sees a half-written file."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  # mkstemp makes the file 0600; records get the mode of every other file a run writes.
-  os.fchmod(fd, _FILE_MODE)
-  with os.fdopen(fd, 'w') as f:
+  with atomic.writing(path) as tmp, open(tmp, 'w') as f:
     json.dump(_plain(obj), f, indent=2, sort_keys=False)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def read_json(path: str | os.PathLike, default: Any = None, kind: type | None = dict,

@@ -28,6 +28,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from jaxreid import atomic
+
 FORMATS = ('onnx', 'jax')
 # The JAX format is lowered for these platforms, so one file serves on CPU and on NVIDIA GPUs.
 JAX_PLATFORMS = ('cpu', 'cuda')
@@ -164,21 +166,17 @@ def _check_writable(out: pathlib.Path) -> None:
   if not parent.is_dir():
     raise ExportError(f'--out={out}: folder {parent} does not exist; expected an existing folder')
   try:
-    fd, probe = tempfile.mkstemp(dir=parent, prefix=f'.{out.name}.', suffix='.tmp')
+    with tempfile.TemporaryFile(dir=parent):
+      pass
   except OSError as e:
     raise ExportError(f'--out={out}: cannot write in {parent} ({e.strerror}); expected a '
                       'writable folder') from None
-  os.close(fd)
-  os.unlink(probe)
 
 
 def _write(path: pathlib.Path, data: bytes) -> None:
-  tmp = path.with_name(f'.{path.name}.tmp')
   try:
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, data)
   except OSError as e:
-    tmp.unlink(missing_ok=True)
     raise ExportError(f'--out={path}: cannot write ({e.strerror})') from None
 
 

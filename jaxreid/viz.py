@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxreid import atomic
 from jaxreid.evaluation import METRIC_KEYS
 
 FIGURES = ('fig2_camstyle', 'fig7_steps', 'fig8_tsne', 'ranked_results', 'results_table')
@@ -159,10 +160,8 @@ def _figure(width: float, height: float):
 def _save(fig, path: pathlib.Path, dpi: int = 110) -> pathlib.Path:
   """Writes the PNG atomically (a reader never sees half a file)."""
   path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.stem}.tmp.png')
-  fig.savefig(tmp, dpi=dpi)
-  tmp.replace(path)
+  with atomic.writing(path) as tmp:
+    fig.savefig(tmp, dpi=dpi)
   return path
 
 

@@ -7,7 +7,7 @@ import pytest
 from flax import traverse_util
 
 import tiny_config
-from jaxreid import ablations, records, stages
+from jaxreid import ablations, records, run_stages
 
 
 def _flat(config) -> dict:
@@ -50,7 +50,7 @@ def test_a_shared_stargan_is_copied_with_its_stage_marks(tmp_path):
   for sub, name in (('camstyle', 'checkpoint'), ('fakes', 'index.json')):
     (donor / sub).mkdir(parents=True)
     (donor / sub / name).write_text(sub)
-  tracker = stages.StageTracker(donor)
+  tracker = run_stages.StageTracker(donor)
   tracker.mark('camstyle_train', {'iters': 6})
   tracker.mark('camstyle_generate', {'num_fakes': 80})
   target.mkdir()

@@ -253,7 +253,7 @@ def test_read_only_work_dir_is_refused_before_anything_is_built(tmp_path):
 def test_bad_file_name_warning_is_given_once_per_run(tmp_path):
   from test_data_layouts import TINY_MARKET, write_market
 
-  from jaxreid import data, job
+  from jaxreid import data, run_stages
   names = {k: list(v) for k, v in TINY_MARKET.items()}
   names['bounding_box_train'].append('holiday_photo.jpg')
   root = write_market(tmp_path / 'market', names)
@@ -262,6 +262,6 @@ def test_bad_file_name_warning_is_given_once_per_run(tmp_path):
   config.validation.name = ''
   config.camstyle.enabled = False
   with pytest.warns(data.DataWarning) as record:
-    job.load_data(config, job.RunPaths(tmp_path / 'run'))
+    run_stages.load_data(config, run_stages.RunPaths(tmp_path / 'run'))
   about_it = [w for w in record if 'holiday_photo.jpg' in str(w.message)]
   assert len(about_it) == 1, [str(w.message) for w in about_it]

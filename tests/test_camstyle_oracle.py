@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import tiny_config
-from jaxreid import ablations, job, records
+from jaxreid import ablations, records, run_stages
 from jaxreid.camstyle import store as store_lib
 from jaxreid.camstyle.store import FakeStore
 from jaxreid.data import synthetic
@@ -15,7 +15,7 @@ def oracle_run(tmp_path_factory):
   c = tiny_config.config()
   c.camstyle.oracle = True
   workdir = tmp_path_factory.mktemp('oracle')
-  return c, workdir, job.run(c, str(workdir))
+  return c, workdir, run_stages.run(c, str(workdir))
 
 
 @pytest.mark.slow
@@ -24,7 +24,7 @@ def test_oracle_run_trains_no_stargan_and_stores_every_re_render(oracle_run):
   marks = records.read_json(workdir / 'stages.json')
   assert 'camstyle_train' not in marks and marks['camstyle_generate']['oracle'] is True
   assert not (workdir / 'camstyle').exists()
-  sets = job.load_data(c, job.RunPaths(workdir))
+  sets = run_stages.load_data(c, run_stages.RunPaths(workdir))
   store = FakeStore.open(workdir / 'fakes')
   s = c.synthetic
   params = synthetic.params_of(s)
@@ -44,7 +44,7 @@ def test_oracle_run_trains_no_stargan_and_stores_every_re_render(oracle_run):
 @pytest.mark.slow
 def test_finished_oracle_run_resumes_to_the_same_results(oracle_run):
   c, workdir, results = oracle_run
-  assert job.run(c, str(workdir)) == results
+  assert run_stages.run(c, str(workdir)) == results
 
 
 @pytest.mark.slow

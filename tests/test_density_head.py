@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 import tiny_config
-from jaxreid import checkpoint, configlib, density_framework, parallel, records
+from jaxreid import checkpoint, configlib, parallel, records
+from jaxreid.loops import density as density_loop
 from jaxreid.reid import cluster_memory
 
 common = configlib.load_sibling(
@@ -102,11 +103,11 @@ def test_bad_density_values_get_one_line(key, value, needle):
 def test_k_larger_than_every_cluster_gets_one_line():
   c = common.get_config()
   with pytest.raises(configlib.ConfigError) as e:
-    density_framework.check_clusters(c, np.array([0, 0, 1, 1, 1, -1]), epoch=2)
+    density_loop.check_clusters(c, np.array([0, 0, 1, 1, 1, -1]), epoch=2)
   assert 'config.density.instances=16: expected at most the largest cluster (3 images at epoch 2)' \
       in str(e.value)
   with pytest.raises(configlib.ConfigError, match='DBSCAN found no cluster at epoch 1'):
-    density_framework.check_clusters(c, np.array([-1, -1]), epoch=1)
+    density_loop.check_clusters(c, np.array([-1, -1]), epoch=1)
 
 
 def run_steps(step, state_host, mesh, batches, lr):
@@ -174,11 +175,11 @@ def density_config(**overrides):
 
 @pytest.mark.slow
 def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, monkeypatch):
-  from jaxreid import job, viz
+  from jaxreid import run_stages, viz
   jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
   cfg = density_config()
   configlib.validate(cfg)
-  full = job.run(copy.deepcopy(cfg), str(tmp_path / 'full'))
+  full = run_stages.run(copy.deepcopy(cfg), str(tmp_path / 'full'))
 
   # Die right after the 4th checkpoint (epoch 2's clustering), then resume.
   writes = {'n': 0}
@@ -195,9 +196,9 @@ def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, m
       raise Killed()
   monkeypatch.setattr(checkpoint.Checkpointer, 'save', save_then_die)
   with pytest.raises(Killed):
-    job.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
+    run_stages.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
   monkeypatch.undo()
-  resumed = job.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
+  resumed = run_stages.run(copy.deepcopy(cfg), str(tmp_path / 'resumed'))
 
   timeless = lambda r: {**r, 'epochs': [{k: v for k, v in e.items() if k != 'seconds'}
                                         for e in r['epochs']]}
@@ -226,12 +227,12 @@ def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, m
 
 @pytest.mark.slow
 def test_density_run_with_fakes_clusters_support_sets(tmp_path):
-  from jaxreid import job
+  from jaxreid import run_stages
   jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
   cfg = density_config(**{'camstyle.enabled': True, 'camstyle.oracle': True,
                           'density.use_fakes': True, 'density.epochs': 1,
                           'density.eval_every': 1})
   configlib.validate(cfg)
-  out = job.run(cfg, str(tmp_path / 'run'))
+  out = run_stages.run(cfg, str(tmp_path / 'run'))
   assert out['method'] == 'density' and len(out['epochs']) == 1
   assert (tmp_path / 'run' / 'fakes').is_dir()

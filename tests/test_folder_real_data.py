@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from jaxreid import job, records
+from jaxreid import records, run_stages
 from jaxreid.camstyle.store import FakeStore
 from jaxreid.configlib import load_sibling
 
@@ -27,7 +27,7 @@ def test_folder_config_runs_every_stage_on_the_cuhk03_sample(tmp_path, cuhk03_ro
   c.train.step0_epochs = 1
   c.train.later_epochs = 1
   c.cluster.max_steps = 2
-  results = job.run(c, str(tmp_path / 'run'))
+  results = run_stages.run(c, str(tmp_path / 'run'))
 
   n = 7239   # training images of the sample (see ../shared/data/README.md)
   assert [s['clusters'] for s in results['steps']] == [n, n - int(n * 0.05)]

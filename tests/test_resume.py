@@ -122,20 +122,20 @@ def test_missing_and_truncated_fakes_chunks_are_regenerated(tmp_path, cache_env,
 def test_deleted_fakes_store_is_regenerated_when_resuming(tmp_path):
   """The generation mark alone does not make a missing store count as done."""
   import shutil
-  from jaxreid import job, stages
+  from jaxreid import run_stages
   from jaxreid.camstyle import store
   fakes = tmp_path / 'fakes'
   store.write_index(fakes, np.array([0, 1, 0], np.int32), 2, 2, 'png')
   image = np.zeros((4, 2, 3), np.uint8)
   for k, rows in enumerate(store.chunk_ranges(3, 2)):
     store.write_chunk(store.chunk_path(fakes, k), [store.encode(image, 'png')] * len(rows))
-  tracker = stages.StageTracker(tmp_path)
+  tracker = run_stages.StageTracker(tmp_path)
   tracker.mark('camstyle_generate')
-  paths = job.RunPaths(tmp_path)
-  job._check_fakes(tracker, paths)  # pylint: disable=protected-access
+  paths = run_stages.RunPaths(tmp_path)
+  run_stages._check_fakes(tracker, paths)  # pylint: disable=protected-access
   assert tracker.done('camstyle_generate')  # an intact store is kept
   shutil.rmtree(fakes)
-  job._check_fakes(tracker, paths)  # pylint: disable=protected-access
+  run_stages._check_fakes(tracker, paths)  # pylint: disable=protected-access
   assert not tracker.done('camstyle_generate')
 
 

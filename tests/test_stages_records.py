@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreid import checkpoint, records, stages
+from jaxreid import checkpoint, records, run_stages
 from jaxreid.configlib import load_sibling
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
@@ -16,24 +16,24 @@ def _config():
 
 def test_work_dir_refuses_another_config_listing_the_keys(tmp_path):
   c = _config()
-  stages.check_or_save_config(tmp_path, c)
-  stages.check_or_save_config(tmp_path, c)  # same config: resumes silently
+  run_stages.check_or_save_config(tmp_path, c)
+  run_stages.check_or_save_config(tmp_path, c)  # same config: resumes silently
   old_epochs = c.train.later_epochs
   c.cluster.size_penalty = 0.0
   c.train.later_epochs = old_epochs + 1
-  with pytest.raises(stages.RunError) as e:
-    stages.check_or_save_config(tmp_path, c)
+  with pytest.raises(run_stages.RunError) as e:
+    run_stages.check_or_save_config(tmp_path, c)
   msg = str(e.value)
   assert 'cluster.size_penalty (0.003 -> 0.0)' in msg
   assert f'train.later_epochs ({old_epochs} -> {old_epochs + 1})' in msg
   assert '\n' not in msg
-  stages.check_or_save_config(tmp_path, c, allow_change=True)
-  stages.check_or_save_config(tmp_path, c)  # the new config is now the work dir's
+  run_stages.check_or_save_config(tmp_path, c, allow_change=True)
+  run_stages.check_or_save_config(tmp_path, c)  # the new config is now the work dir's
 
 
 def test_stage_marks_survive_reopening(tmp_path):
-  stages.StageTracker(tmp_path).mark('camstyle_train', {'iters': 3})
-  t = stages.StageTracker(tmp_path)
+  run_stages.StageTracker(tmp_path).mark('camstyle_train', {'iters': 3})
+  t = run_stages.StageTracker(tmp_path)
   assert t.done('camstyle_train') and not t.done('reid')
   assert t.summary('camstyle_train') == {'iters': 3}
 

@@ -9,7 +9,7 @@ Layout of a store directory:
                         them), then a 16-byte footer (int64 count, magic b'JRFAKES1').
   hhl/<name>_fake_<k>.jpg  optional: HHL's folder convention (k the 1-based target camera).
 
-A chunk file appears only complete (temp file + os.replace), so its existence marks the chunk
+A chunk file appears only complete (jaxreid.atomic), so its existence marks the chunk
 done. Fakes have the size of their source image.
 
 The re-ID side reads a store through
@@ -38,6 +38,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image
+
+from jaxreid import atomic
 
 FORMAT = 'jaxreid-fakes-v1'
 _MAGIC = b'JRFAKES1'
@@ -74,15 +76,11 @@ def write_chunk(path: pathlib.Path, encoded: Sequence[bytes]) -> int:
   path.parent.mkdir(parents=True, exist_ok=True)
   offsets = np.zeros(len(encoded) + 1, '<i8')
   offsets[1:] = np.cumsum([len(e) for e in encoded])
-  tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-  with open(tmp, 'wb') as f:
+  with atomic.writing(path) as tmp, open(tmp, 'wb') as f:
     for e in encoded:
       f.write(e)
     f.write(offsets.tobytes())
     f.write(_FOOTER.pack(len(encoded), _MAGIC))
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
   return int(offsets[-1]) + offsets.nbytes + _FOOTER.size
 
 
@@ -110,13 +108,9 @@ def write_index(root: pathlib.Path, camids: np.ndarray, num_cameras: int, chunk_
       raise StoreError(f'{root} holds fakes of other images or settings ({old}); remove it or use '
                        'a new work dir')
     return
-  root.mkdir(parents=True, exist_ok=True)
-  tmp = root / '.camids.tmp.npy'
-  np.save(tmp, np.asarray(camids, np.int32))
-  os.replace(tmp, root / 'camids.npy')
-  tmp = root / '.index.json.tmp'
-  tmp.write_text(json.dumps(index, indent=2))
-  os.replace(tmp, path)
+  with atomic.writing(root / 'camids.npy') as tmp:
+    np.save(tmp, np.asarray(camids, np.int32))
+  atomic.write_text(path, json.dumps(index, indent=2))
 
 
 def _read_index(path: pathlib.Path) -> dict:

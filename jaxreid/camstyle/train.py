@@ -9,7 +9,6 @@ and the iteration, so a killed run resumes from its last Orbax checkpoint to the
 from __future__ import annotations
 
 import dataclasses
-import os
 import pathlib
 import sys
 from typing import Any, Callable
@@ -23,7 +22,7 @@ import optax
 from PIL import Image
 from tqdm import tqdm
 
-from jaxreid import checkpoint, parallel, records
+from jaxreid import atomic, checkpoint, parallel, records
 from jaxreid.camstyle import stargan
 from jaxreid.configlib import ConfigError
 from jaxreid.data import augment, pipeline
@@ -94,7 +93,7 @@ def learning_rate(base_lr: float, step, total: int, decay: int):
 # ------------------------------------------------------------------ state and step
 
 # The builders below return fresh jitted functions; a second train() or generate() in one process
-# recompiles, which the persistent compilation cache (jaxreid.runtime) turns into a disk read.
+# recompiles, which the persistent compilation cache (jaxreid.cli_setup) turns into a disk read.
 
 
 def init_state(config: ml_collections.ConfigDict, num_cameras: int) -> GanState:
@@ -279,10 +278,8 @@ def sample_grid(reals: np.ndarray, fakes: np.ndarray, gap: int = 2) -> np.ndarra
 
 def save_png(path: pathlib.Path, image: np.ndarray) -> None:
   """Writes a PNG atomically (temp file + rename)."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f'.{path.name}.tmp')
-  Image.fromarray(image).save(tmp, format='PNG')
-  os.replace(tmp, path)
+  with atomic.writing(path) as tmp:
+    Image.fromarray(image).save(tmp, format='PNG')
 
 
 # ------------------------------------------------------------------ the loop

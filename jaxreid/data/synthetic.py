@@ -17,15 +17,14 @@ transfer, config.camstyle.oracle).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
-import shutil
-import tempfile
 from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
 import tqdm
+
+from jaxreid import atomic
 
 # Bump when the images a given set of parameters produces change, so old folders are not reused.
 VERSION = 2
@@ -647,25 +646,19 @@ def write_market_folder(root, *, num_cameras: int, num_train_ids: int, num_test_
   data = generate(num_cameras=num_cameras, num_train_ids=num_train_ids,
                   num_test_ids=num_test_ids, images_per_id=images_per_id, height=height,
                   width=width, seed=seed, shared_scene=shared_scene)
-  root.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=root.parent, prefix=f'.{root.name}.tmp-'))
   try:
-    for folder in FOLDERS.values():
-      (tmp / folder).mkdir()
-    names = _file_names(data.camids, data.pids - 1)
-    for image, name, split in zip(tqdm.tqdm(data.images, desc='writing jpegs', disable=None),
-                                  names, data.splits):
-      # 4:4:4: no chroma subsampling, which would smear 2-pixel colour patterns at 64 px width.
-      Image.fromarray(image).save(tmp / FOLDERS[split] / name, quality=JPEG_QUALITY,
-                                  subsampling=0)
-    counts = {s: int(np.sum(data.splits == s)) for s in FOLDERS}
-    (tmp / META_FILE).write_text(json.dumps({**params, 'counts': counts}, indent=2))
-    try:
-      os.rename(tmp, root)     # atomic; replaces an empty folder, fails on a non-empty one
-    except OSError:
-      if not _matches_existing(root, params):   # another process won the race: fine if equal
-        raise
-  finally:
-    if tmp.exists():
-      shutil.rmtree(tmp, ignore_errors=True)
+    with atomic.building_folder(root) as tmp:
+      for folder in FOLDERS.values():
+        (tmp / folder).mkdir()
+      names = _file_names(data.camids, data.pids - 1)
+      for image, name, split in zip(tqdm.tqdm(data.images, desc='writing jpegs', disable=None),
+                                    names, data.splits):
+        # 4:4:4: no chroma subsampling, which would smear 2-pixel colour patterns at 64 px width.
+        Image.fromarray(image).save(tmp / FOLDERS[split] / name, quality=JPEG_QUALITY,
+                                    subsampling=0)
+      counts = {s: int(np.sum(data.splits == s)) for s in FOLDERS}
+      (tmp / META_FILE).write_text(json.dumps({**params, 'counts': counts}, indent=2))
+  except OSError:
+    if not _matches_existing(root, params):   # another process won the race: fine if equal
+      raise
   return root

@@ -21,6 +21,8 @@ import ml_collections
 import numpy as np
 from flax import serialization
 
+from jaxreid import atomic
+
 FORMAT = 'jaxreid-reid-model-v1'
 META_FILE = 'reid_model.json'
 VARIABLES_FILE = 'variables.msgpack'
@@ -47,19 +49,10 @@ def save_model(directory: str | os.PathLike, variables: Mapping[str, Any],
   meta = directory / META_FILE
   if meta.exists():
     meta.unlink()   # a model without its meta file is not trusted while it is rewritten
-  _replace(directory / VARIABLES_FILE, serialization.msgpack_serialize(tree))
-  _replace(meta, json.dumps({'format': FORMAT, 'config': json.loads(config.to_json_best_effort())},
+  atomic.write_bytes(directory / VARIABLES_FILE, serialization.msgpack_serialize(tree))
+  atomic.write_bytes(meta, json.dumps({'format': FORMAT, 'config': json.loads(config.to_json_best_effort())},
                             indent=2).encode())
   return directory
-
-
-def _replace(path: pathlib.Path, data: bytes) -> None:
-  tmp = path.with_name(path.name + '.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
 
 
 def find_model_dir(path: str | os.PathLike) -> pathlib.Path:

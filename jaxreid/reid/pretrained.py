@@ -14,13 +14,13 @@ import hashlib
 import importlib
 import os
 import pathlib
-import tempfile
 from typing import Any, Mapping
 
 import flax.serialization
 import jax
 import numpy as np
 
+from jaxreid import atomic
 from jaxreid.reid import torch_file
 
 class PretrainedError(ValueError):
@@ -131,13 +131,8 @@ def named_checkpoint(name: str) -> pathlib.Path:
       tree = efficientnet_from_torch(torch_file.load_state_dict(source))
     except (torch_file.TorchFileError, ValueError) as e:
       raise PretrainedError(f'config.model.init_checkpoint={name!r}: {e}') from None
-    target.parent.mkdir(parents=True, exist_ok=True)
     # Written next to the target and renamed: concurrent runs never read half a file.
-    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix='.tmp')
-    with os.fdopen(fd, 'wb') as f:
-      f.write(flax.serialization.msgpack_serialize(tree))
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, target)
+    atomic.write_bytes(target, flax.serialization.msgpack_serialize(tree))
   return target
 
 

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreid import atomic
 from jaxreid.reid import resnet
 
 _BN = {'weight': ('params', 'scale'), 'bias': ('params', 'bias'),
@@ -168,11 +169,7 @@ def convert_file(src: str | os.PathLike, dst: str | os.PathLike, arch: str | Non
   state_dict = load_torch_state_dict(src)
   arch = arch or detect_arch(state_dict)
   tree = convert_state_dict(state_dict, arch)
-  dst = pathlib.Path(dst)
-  dst.parent.mkdir(parents=True, exist_ok=True)
-  tmp = dst.with_name(f'.{dst.name}.tmp')
-  tmp.write_bytes(flax.serialization.msgpack_serialize(tree))
-  os.replace(tmp, dst)
+  atomic.write_bytes(dst, flax.serialization.msgpack_serialize(tree))
   return arch
 
 

@@ -1,24 +1,113 @@
-"""The main job: StarGAN -> fakes -> re-ID steps (Algorithm 1, in framework.py) -> final results.
+"""The stages of a run: StarGAN -> fakes -> re-ID loop (jaxreid/loops) -> final results.
 
-Each stage marks completion in the work dir; a second run skips finished stages and resumes the
-unfinished one from its last checkpoint. The re-ID stage alternates (train -> evaluate -> merge ->
-zero table -> fresh optimiser) and keeps the model that validates best.
+Each stage marks completion in DIR/stages.json; a second run skips finished stages and resumes the
+unfinished one from its last checkpoint. DIR/config.json ties the work dir to its config. The re-ID
+stage is the paper's Algorithm 1 (or the density loop) and keeps the model that validates best.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import pathlib
 import time
 from typing import Any
 
-import jax
-import numpy as np
+import ml_collections
 from absl import logging
+from flax import traverse_util
 
-from jaxreid import evaluation, parallel, records, stages
-from jaxreid.stages import RunError
+from jaxreid import evaluation, parallel, records
+
+
+class RunError(RuntimeError):
+  """A work dir cannot be used as asked; the message is one line saying why and what to do."""
+
+
+class StageTracker:
+  """Completion marks in DIR/stages.json: a finished stage is skipped when the run resumes."""
+
+  def __init__(self, workdir: str | pathlib.Path):
+    self._path = pathlib.Path(workdir) / 'stages.json'
+
+  def _load(self) -> dict:
+    try:
+      return records.read_json(self._path, default={})
+    except records.RecordError as e:
+      # The marks only save time: every stage resumes from its own checkpoints or fakes chunks,
+      # so a damaged file is set aside and the stages are re-checked from the start.
+      aside = self._path.with_name(self._path.name + '.damaged')
+      logging.warning('%s; moved it to %s: every stage resumes from its checkpoints', e, aside)
+      if parallel.is_primary():
+        os.replace(self._path, aside)
+      return {}
+
+  def done(self, name: str) -> bool:
+    return name in self._load()
+
+  def summary(self, name: str) -> dict | None:
+    return self._load().get(name)
+
+  def mark(self, name: str, summary: dict | None = None) -> None:
+    if not parallel.is_primary():
+      return
+    marks = self._load()
+    marks[name] = summary or {}
+    records.write_json_atomic(self._path, marks)
+
+  def unmark(self, name: str) -> None:
+    """Forgets that `name` finished (its output turned out damaged), so this run redoes it."""
+    if not parallel.is_primary():
+      return
+    marks = self._load()
+    if marks.pop(name, None) is not None:
+      records.write_json_atomic(self._path, marks)
+
+
+def _flatten(d: dict) -> dict:
+  """{'a.b': v} from {'a': {'b': v}}."""
+  return traverse_util.flatten_dict(d, sep='.')
+
+
+def config_differences(saved: dict, config: ml_collections.ConfigDict) -> list[str]:
+  """Keys whose values differ between a saved config (JSON) and `config`."""
+  now = _flatten(json.loads(config.to_json_best_effort()))
+  before = _flatten(saved)
+  return sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+
+
+def check_or_save_config(workdir: str | pathlib.Path, config: ml_collections.ConfigDict,
+                         allow_change: bool = False, write: bool = True,
+                         finished: bool = False) -> None:
+  """Saves the config with a new work dir; refuses to resume one made with another config.
+
+  Every process checks; only the one with `write` (the primary) writes. A `finished` work dir
+  keeps its config whatever `allow_change` says: its results belong to that config.
+  """
+  path = pathlib.Path(workdir) / 'config.json'
+  saved = records.read_json(
+      path, advice='if this command has the config the work dir was made with, remove the file and '
+                   'run again; otherwise use a new --workdir')
+  if saved is not None:
+    diff = config_differences(saved, config)
+    if diff and finished:
+      raise RunError(f'work dir {workdir} holds a finished run made with another config '
+                     f'(differing keys: {", ".join(diff[:8])}{" ..." if len(diff) > 8 else ""}); '
+                     'its results and config are kept as they are: use a new --workdir for this '
+                     'config')
+    if diff and not allow_change:
+      shown = ', '.join(f'{k} ({_flatten(saved).get(k)!r} -> '
+                        f'{_flatten(json.loads(config.to_json_best_effort())).get(k)!r})'
+                        for k in diff[:8])
+      more = f' and {len(diff) - 8} more' if len(diff) > 8 else ''
+      raise RunError(f'work dir {workdir} was made with another config; differing keys: '
+                     f'{shown}{more}. Use a new --workdir, or pass --allow_config_change to resume '
+                     'anyway.')
+    if not diff:
+      return
+  if write:
+    records.write_json_atomic(path, json.loads(config.to_json_best_effort()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +218,7 @@ def _finished_results(paths: RunPaths) -> dict:
   return results
 
 
-def _check_fakes(tracker: stages.StageTracker, paths: RunPaths) -> None:
+def _check_fakes(tracker: StageTracker, paths: RunPaths) -> None:
   """Deletes damaged fakes chunks and drops a generation mark the store no longer deserves, so
   that this run regenerates what is missing (a killed generation only leaves whole chunks)."""
   from jaxreid.camstyle import store as fake_store
@@ -152,10 +241,10 @@ def _check_fakes(tracker: stages.StageTracker, paths: RunPaths) -> None:
 def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   """Runs (or resumes) every stage of the method in `workdir`; returns the final results."""
   paths = RunPaths(check_workdir(workdir))
-  tracker = stages.StageTracker(paths.root)
+  tracker = StageTracker(paths.root)
   # results.json is written last: with it, the run is finished even if its stage marks are lost.
   finished = tracker.done('final') or paths.results.is_file()
-  stages.check_or_save_config(paths.root, config, allow_change=allow_config_change,
+  check_or_save_config(paths.root, config, allow_change=allow_config_change,
                               write=parallel.is_primary(), finished=finished)
   if finished:
     results = _finished_results(paths)
@@ -190,11 +279,12 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
     store = FakeStore.open(paths.fakes)
 
   if not tracker.done('reid'):
-    from jaxreid import framework
     if config.cluster.method == 'density':
-      from jaxreid import density_framework as framework
+      from jaxreid.loops import density as loop
+    else:
+      from jaxreid.loops import algorithm1 as loop
     t0 = time.time()
-    summary = framework.train_reid(config, sets, store, mesh, paths)
+    summary = loop.train_reid(config, sets, store, mesh, paths)
     tracker.mark('reid', {**summary, 'seconds': time.time() - t0})
 
   parallel.barrier('reid_done')

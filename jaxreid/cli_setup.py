@@ -1,4 +1,6 @@
-"""Process-wide set-up shared by the command-line entry points."""
+"""Process-wide set-up of the command-line entry points (jaxreid.main, jaxreid.ablations).
+
+Kept apart from jaxreid.main, whose flags would clash with those of the other programs."""
 
 from __future__ import annotations
 

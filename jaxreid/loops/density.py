@@ -21,12 +21,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from jaxreid import checkpoint, cluster_metrics, configlib, parallel, records
-from jaxreid import framework
+from jaxreid import cluster_metrics, configlib, parallel
 from jaxreid.camstyle.store import SupportSets
-from jaxreid.clustering import density
+from jaxreid.clustering import density as dbscan
 from jaxreid.data import pipeline
-from jaxreid.reid import cluster_memory, export, extract
+from jaxreid.loops import common
+from jaxreid.reid import cluster_memory, extract
 from jaxreid.reid import train as reid_train
 
 
@@ -103,9 +103,7 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
     raise configlib.ConfigError(f'config.density.instances={d.instances!r}: expected at most the '
                                 f'{n} training images')
   reid_dir = paths.reid
-  reid_dir.mkdir(parents=True, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(reid_dir / 'checkpoints', config.checkpoint.max_to_keep)
-  writer = records.MetricsWriter(reid_dir, enabled=parallel.is_primary())
+  ckpt, writer = common.open_records(config, reid_dir)
   train_step = cluster_memory.make_train_step(config, mesh)
 
   run = _Run(ckpt.restore_meta())
@@ -129,12 +127,12 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
       feats = extract.extract_support_features(
           state.variables, mcfg, support.support_image, n, size, mesh=mesh,
           desc=f'epoch {e + 1} features')
-      labels = density.cluster(feats if size > 1 else feats[:, 0], k1=d.k1, k2=d.k2, eps=d.eps,
-                               min_samples=d.min_samples, support_size=size,
-                               block_size=config.cluster.block_size,
-                               matmul_dtype=config.cluster.matmul_dtype, mesh=mesh)
+      labels = dbscan.cluster(feats if size > 1 else feats[:, 0], k1=d.k1, k2=d.k2, eps=d.eps,
+                              min_samples=d.min_samples, support_size=size,
+                              block_size=config.cluster.block_size,
+                              matmul_dtype=config.cluster.matmul_dtype, mesh=mesh)
       check_clusters(config, labels, e + 1)
-      state = cluster_memory.with_memory(state, density.cluster_centers(feats[:, 0], labels))
+      state = cluster_memory.with_memory(state, dbscan.cluster_centers(feats[:, 0], labels))
       run.num_classes = int(labels.max()) + 1
       # Training identities are read here for reporting only; the method never sees them.
       rec = {'epoch': e + 1, 'clusters': run.num_classes,
@@ -142,7 +140,7 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
              'seconds': time.time() - t0}
       run.epochs.append(rec)
       if parallel.is_primary():
-        framework._save_labels(reid_dir / 'labels' / f'epoch_{e + 1:03d}.npy', labels)  # pylint: disable=protected-access
+        common.save_labels(reid_dir / 'labels' / f'epoch_{e + 1:03d}.npy', labels)
       writer.write(e + 1, {k: v for k, v in rec.items() if k != 'epoch'}, prefix='cluster/')
       logging.info('epoch %d: %d clusters, %d outliers, pairwise precision %.3f recall %.3f '
                    '(%.1f s)', e + 1, rec['clusters'], rec['outliers'],
@@ -171,18 +169,11 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
     if run.phase == 'evaluate':
       record = _evaluate(config, mcfg, sets, state, mesh, reid_dir, run, writer)
       run.steps.append(record)
-      if framework._is_better(record, run.best):  # pylint: disable=protected-access
-        export.save_model(paths.root / 'best_model', state.variables, mcfg)
-        run.best = record
+      run.best = common.keep_if_better(paths, state.variables, mcfg, record, run.best)
       run.epoch, run.phase = run.epoch + 1, 'cluster'
       save()
 
-  export.save_model(paths.root / 'model', state.variables, mcfg)
-  results = _results(run)
-  if parallel.is_primary():
-    records.write_json_atomic(reid_dir / 'results.json', results)
-  writer.close()
-  ckpt.close()
+  common.finish(paths, state.variables, mcfg, _results(run), ckpt, writer)
   return {'epochs': len(run.epochs), 'clusters': run.num_classes}
 
 
@@ -190,34 +181,27 @@ def _evaluate(config, mcfg, sets, state, mesh, reid_dir, run, writer) -> dict:
   """The record of an evaluated epoch: test (and validation) metrics and that epoch's clusters."""
   e = run.epoch + 1
   t0 = time.time()
-  test, feats = framework.evaluate_model(state.variables, mcfg, sets.query, sets.gallery, mesh,
-                                         f'epoch {e} test')
+  test, val, feats = common.evaluate_sets(state.variables, mcfg, sets, mesh, f'epoch {e}')
   cl = run.epochs[-1]
   record = {'step': e, 'clusters': cl['clusters'], **test}
-  if sets.val_query is not None:
-    val, _ = framework.evaluate_model(state.variables, mcfg, sets.val_query, sets.val_gallery,
-                                      mesh, f'epoch {e} validation')
+  if val is not None:
     record['val'] = val
   record['cluster_quality'] = {k: cl[k] for k in ('num_clusters', 'purity', 'pairwise_precision',
                                                   'pairwise_recall', 'pairwise_f')}
   if parallel.is_primary():
     name = 'first.npz' if not run.steps else 'last.npz'
-    framework._save_features(reid_dir / 'features' / name, feats, sets.query,  # pylint: disable=protected-access
-                             sets.gallery)
-  writer.write(e, {**test, 'clusters': record['clusters']}, prefix='test/')
-  if 'val' in record:
-    writer.write(e, record['val'], prefix='val/')
+    common.save_features(reid_dir / 'features' / name, feats, sets.query, sets.gallery)
+  common.write_evaluation(writer, e, record)
   logging.info('epoch %d (%d clusters): rank1 %.1f mAP %.1f (%.0f s)', e, record['clusters'],
                100 * test['rank1'], 100 * test['mAP'], time.time() - t0)
-  print(f"epoch {e}: {record['clusters']} clusters, rank-1 {100 * test['rank1']:.1f}, "
-        f"mAP {100 * test['mAP']:.1f}", flush=True)
+  common.print_evaluation(f'epoch {e}', record)
   return record
 
 
 def _results(run: _Run) -> dict:
   """results.json as the paper's method writes it (`steps` = evaluated epochs), plus `method` and
   the per-epoch clustering records."""
-  out = framework._results(run)  # pylint: disable=protected-access
+  out = common.results_of(run.steps, run.best)
   out['method'] = 'density'
   out['epochs'] = run.epochs
   return out

@@ -11,20 +11,20 @@ random draw is a function of (seed, step, epoch), so a killed run resumes to the
 
 from __future__ import annotations
 
-import pathlib
 import time
-from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
-from jaxreid import checkpoint, cluster_metrics, evaluation, parallel, records
+from jaxreid import cluster_metrics, parallel
 from jaxreid.camstyle.store import SupportSets
 from jaxreid.clustering import merge_step
 from jaxreid.evaluation import METRIC_KEYS
-from jaxreid.reid import export, extract, sampling
+from jaxreid.loops import common
+from jaxreid.reid import extract, sampling
 from jaxreid.reid import train as reid_train
+
 
 def num_steps(config, num_images: int) -> int:
   """Training steps of Algorithm 1: int(1/mp) - 1 (or cluster.max_steps), 1 without clustering."""
@@ -39,44 +39,6 @@ def num_steps(config, num_images: int) -> int:
 def epoch_seed(merge_step_index: int, epoch: int) -> int:
   """The data-order key of (step, epoch): one stream per epoch, whatever the resume point."""
   return merge_step_index * 10_000 + epoch
-
-
-def metrics_of(result: dict) -> dict:
-  """METRIC_KEYS -> value, from an evaluation result."""
-  cmc = np.asarray(result['cmc'])
-  out = {f'rank{k}': float(cmc[min(k, len(cmc)) - 1]) for k in (1, 5, 10, 20)}
-  out.update(mAP=float(result['mAP']), mINP=float(result['mINP']))
-  return out
-
-
-def evaluate_model(variables, config, query, gallery, mesh, desc: str) -> tuple[dict, dict]:
-  """(metrics, features) of a model on a query / gallery pair of splits."""
-  qf = extract.extract_features(variables, config, query.image, np.arange(len(query)), mesh=mesh,
-                                desc=f'{desc} query')
-  gf = extract.extract_features(variables, config, gallery.image, np.arange(len(gallery)),
-                                mesh=mesh, desc=f'{desc} gallery')
-  result = evaluation.evaluate_features(qf, gf, query.pids, gallery.pids, query.camids,
-                                        gallery.camids, max_rank=config.eval.max_rank,
-                                        block_size=config.eval.distance_block, mesh=mesh)
-  return metrics_of(result), {'query': qf, 'gallery': gf}
-
-
-def _save_features(path: pathlib.Path, feats: dict, query, gallery) -> None:
-  """Test features (float16) with ids, for the t-SNE and ranked-result figures."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp.npz')
-  np.savez(tmp, query=feats['query'].astype(np.float16),
-           gallery=feats['gallery'].astype(np.float16), query_pids=query.pids,
-           gallery_pids=gallery.pids, query_camids=query.camids, gallery_camids=gallery.camids)
-  tmp.replace(path)
-
-
-def _save_labels(path: pathlib.Path, labels: np.ndarray) -> None:
-  """The pseudo-labels a step trains on, kept for analysis and for comparing runs."""
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(path.name + '.tmp.npy')
-  np.save(tmp, labels)
-  tmp.replace(path)
 
 
 def initial_labels(config, train) -> np.ndarray:
@@ -118,9 +80,7 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
   steps_total = num_steps(config, n)
   m = int(n * config.cluster.merge_percent)
   reid_dir = paths.reid
-  reid_dir.mkdir(parents=True, exist_ok=True)
-  ckpt = checkpoint.Checkpointer(reid_dir / 'checkpoints', config.checkpoint.max_to_keep)
-  writer = records.MetricsWriter(reid_dir, enabled=parallel.is_primary())
+  ckpt, writer = common.open_records(config, reid_dir)
   train_step = reid_train.make_train_step(config, mesh)
   rng = jax.random.key(config.seed)
 
@@ -164,9 +124,7 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
     if run.phase == 'evaluate':
       record = _evaluate_step(config, sets, state, labels, mesh, reid_dir, run, writer)
       run.steps.append(record)
-      if _is_better(record, run.best):
-        export.save_model(paths.root / 'best_model', state.variables, config)
-        run.best = record
+      run.best = common.keep_if_better(paths, state.variables, config, record, run.best)
       run.phase = 'merge'
       save()
 
@@ -185,7 +143,7 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
                         matmul_dtype=config.cluster.matmul_dtype, mesh=mesh).astype(np.int32)
     run.num_classes = int(labels.max()) + 1
     if parallel.is_primary():
-      _save_labels(reid_dir / 'labels' / f'step_{s + 1:02d}.npy', labels)
+      common.save_labels(reid_dir / 'labels' / f'step_{s + 1:02d}.npy', labels)
     logging.info('step %d: merged %d pairs -> %d clusters (%.1f s)', s, m, run.num_classes,
                  time.time() - t0)
     state = reid_train.reset_for_new_labels(state, run.num_classes, config,
@@ -193,12 +151,8 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
     run.merge_step, run.epoch, run.phase = s + 1, 0, 'train'
     save()
 
-  export.save_model(paths.root / 'model', state.variables, config)
-  results = _results(run)
-  if parallel.is_primary():
-    records.write_json_atomic(reid_dir / 'results.json', results)
-  writer.close()
-  ckpt.close()
+  common.finish(paths, state.variables, config, common.results_of(run.steps, run.best), ckpt,
+                writer)
   return {'steps': len(run.steps), 'clusters': run.num_classes}
 
 
@@ -206,49 +160,20 @@ def _evaluate_step(config, sets, state, labels, mesh, reid_dir, run, writer) -> 
   """The per-step record: test metrics, validation metrics, and cluster quality (reporting)."""
   s = run.merge_step
   t0 = time.time()
-  test, feats = evaluate_model(state.variables, config, sets.query, sets.gallery, mesh,
-                               f'step {s} test')
+  test, val, feats = common.evaluate_sets(state.variables, config, sets, mesh, f'step {s}')
   record = {'step': s, 'clusters': int(labels.max()) + 1, **test}
-  if sets.val_query is not None:
-    val, _ = evaluate_model(state.variables, config, sets.val_query, sets.val_gallery, mesh,
-                            f'step {s} validation')
+  if val is not None:
     record['val'] = val
   # Training identities are read here for reporting only; the method never sees them.
   record['cluster_quality'] = cluster_metrics.cluster_quality(labels, sets.train.pids)
   if parallel.is_primary():
-    _save_features(reid_dir / 'features' / ('first.npz' if s == 0 else 'last.npz'), feats,
-                   sets.query, sets.gallery)
-  writer.write(s, {**test, 'clusters': record['clusters']}, prefix='test/')
-  if 'val' in record:
-    writer.write(s, record['val'], prefix='val/')
+    common.save_features(reid_dir / 'features' / ('first.npz' if s == 0 else 'last.npz'), feats,
+                         sets.query, sets.gallery)
+  common.write_evaluation(writer, s, record)
   logging.info('step %d (%d clusters): %s%s (%.0f s)', s, record['clusters'],
                ' '.join(f'{k} {100 * test[k]:.1f}' for k in METRIC_KEYS),
                f"; validation rank1 {100 * record['val']['rank1']:.1f} mAP "
                f"{100 * record['val']['mAP']:.1f}" if 'val' in record else '', time.time() - t0)
-  print(f"step {s}: {record['clusters']} clusters, rank-1 {100 * test['rank1']:.1f}, "
-        f"mAP {100 * test['mAP']:.1f}", flush=True)
+  common.print_evaluation(f'step {s}', record)
   return record
 
-
-def _is_better(record: dict, best: dict | None) -> bool:
-  """Best by validation mAP (then rank-1); without a validation set the latest step is kept."""
-  if best is None or 'val' not in record:
-    return True
-  key = lambda r: (r['val']['mAP'], r['val']['rank1'])
-  return key(record) > key(best)
-
-
-def _results(run: _Run) -> dict:
-  """results.json: the kept (best) model's test metrics on top, the last step's, and every step."""
-  last = run.steps[-1]
-  best = run.best or last
-  out = {k: best[k] for k in METRIC_KEYS}
-  out['best'] = {'step': best['step'], 'clusters': best['clusters'],
-                 **{k: best[k] for k in METRIC_KEYS}, **({'val': best['val']} if 'val' in best
-                                                         else {})}
-  out['last'] = {'step': last['step'], 'clusters': last['clusters'],
-                 **{k: last[k] for k in METRIC_KEYS}}
-  out['steps'] = [{'step': r['step'], 'clusters': r['clusters'],
-                   **{k: r[k] for k in METRIC_KEYS}, **({'val': r['val']} if 'val' in r else {}),
-                   **r['cluster_quality']} for r in run.steps]
-  return out
