@@ -1,4 +1,4 @@
-"""The Colab demo: committed clean, and it runs end to end at its tiny size showing every figure,
+"""The Colab demo: committed executed at its default size, and it runs end to end at its tiny size showing every figure,
 the optional density head's cell included."""
 
 import base64
@@ -23,13 +23,23 @@ def _code_cells(nb):
   return [c for c in nb.cells if c.cell_type == 'code']
 
 
-def test_notebook_is_committed_without_outputs_and_installs_from_the_repository():
+def test_notebook_is_committed_executed_at_its_default_size_and_installs_from_the_repository():
+  """A reader on GitHub sees the run: every code cell ran, in order, without an error, and the
+  outputs hold the default-size run's results table and every figure."""
   nb = nbformat.read(NOTEBOOK, as_version=4)
   nbformat.validate(nb)
-  for cell in _code_cells(nb):
-    assert cell.outputs == [] and cell.execution_count is None, cell.source[:60]
+  cells = _code_cells(nb)
+  assert [c.execution_count for c in cells] == list(range(1, len(cells) + 1))
+  outputs = [o for c in cells for o in c.outputs]
+  assert not [o for o in outputs if o.output_type == 'error']
+  text = ''.join(o.get('text', '') for o in outputs if o.output_type == 'stream')
+  assert "size 'colab'" in text  # not the test suite's tiny size
+  pngs = [o for o in outputs if 'image/png' in o.get('data', {})]
+  assert len(pngs) == len(viz.FIGURES)
+  tables = [o.data['text/markdown'] for o in outputs if 'text/markdown' in o.get('data', {})]
+  assert len(tables) == 1 and '| kept model' in tables[0]
   assert COLAB_URL in nb.cells[0].source  # the badge opens this very file
-  install = _code_cells(nb)[0].source
+  install = cells[0].source
   assert 'jaxreid @ git+' in install and "'https://github.com/jaxreid/jaxreid'" in install
   assert nb.metadata.kernelspec.name == 'python3'
 
