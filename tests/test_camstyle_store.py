@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxreid import checkpoint, parallel
+from jaxreid import checkpoint, parallel, support_sets
 from jaxreid.camstyle import generate, store, train
 from jaxreid.configlib import load_sibling
 
@@ -25,7 +25,7 @@ def _write_store(root, camids, chunk_size, fakes):
   store.write_index(root, camids, L, chunk_size, 'png')
   for k, rows in enumerate(store.chunk_ranges(len(camids), chunk_size)):
     encoded = [store.encode(fakes[i, t], 'png') for i in rows
-               for t in store.target_cameras_of(int(camids[i]), L)]
+               for t in support_sets.target_cameras_of(int(camids[i]), L)]
     store.write_chunk(store.chunk_path(root, k), encoded)
 
 
@@ -41,7 +41,7 @@ def test_random_access_returns_each_fake_and_support_slots_follow_ascending_came
     np.testing.assert_array_equal(s.fake(i, t), fakes[i, t])
   assert s.target_cameras(1) == (0, 1) and s.target_cameras(3) == (0, 2)
   reals = np.random.default_rng(2).integers(0, 256, (7, 16, 8, 3), dtype=np.uint8)
-  sets = store.SupportSets(lambda i: reals[i], s)
+  sets = support_sets.SupportSets(lambda i: reals[i], s)
   assert sets.size == L
   np.testing.assert_array_equal(sets.support_image(3, 0), reals[3])
   np.testing.assert_array_equal(sets.support_image(3, 1), fakes[3, 0])
@@ -51,7 +51,7 @@ def test_random_access_returns_each_fake_and_support_slots_follow_ascending_came
     s.fake(3, 1)
   with pytest.raises(IndexError):
     s.fake(7, 0)
-  assert store.SupportSets(lambda i: reals[i], None, camids).size == 1
+  assert support_sets.SupportSets(lambda i: reals[i], None, camids).size == 1
   s.close()
   np.testing.assert_array_equal(pickle.loads(pickle.dumps(s)).fake(5, 1), fakes[5, 1])
 

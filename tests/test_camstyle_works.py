@@ -150,7 +150,7 @@ def test_step0_on_support_sets_lifts_retrieval_well_above_baselines(camstyle_run
   looks like in every camera: retrieval of held-out identities far above raw pixels and the
   untrained network, and above step 0 on the real images alone."""
   from jaxreid import evaluation
-  from jaxreid.camstyle.store import SupportSets
+  from jaxreid.support_sets import SupportSets
   from jaxreid.reid import extract_features, sampling, train as reid_train
 
   r = camstyle_run

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from jaxreid import parallel
 from jaxreid.clustering import merge_clusters, merge_step, support_topk
-from jaxreid.clustering.distance import aligned_empty, support_array
+from jaxreid.support_sets import aligned_empty, support_array
 
 # Few distinct shapes, so the kernel compiles a handful of times for the whole file.
 SIZES = (24, 40)

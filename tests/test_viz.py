@@ -63,6 +63,7 @@ def _features(split_q, split_g, seed):
 def workdir(tmp_path_factory):
   """A finished run's records: config, results, features, data (tiny synthetic), fakes store."""
   from jaxreid import data
+  from jaxreid import support_sets
   from jaxreid.camstyle import store as fake_store
   root = tmp_path_factory.mktemp('run')
   c = load_sibling(str(CONFIGS / 'synthetic.py'), 'synthetic').get_config()
@@ -82,7 +83,7 @@ def workdir(tmp_path_factory):
   cams = train.num_cameras
   fake_store.write_index(root / 'fakes', train.camids, cams, 512, 'png')
   encoded = [fake_store.encode(np.full((32, 16, 3), 40 * k, np.uint8), 'png')
-             for i in range(len(train)) for k in fake_store.target_cameras_of(train.camids[i], cams)]
+             for i in range(len(train)) for k in support_sets.target_cameras_of(train.camids[i], cams)]
   fake_store.write_chunk(fake_store.chunk_path(root / 'fakes', 0), encoded)
   return root
 

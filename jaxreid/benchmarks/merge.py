@@ -41,7 +41,7 @@ def unit_features(n: int, num_sets: int, dim: int, num_ids: int, seed: int = 0) 
   """Support features S [n, num_sets, dim] (slot 0 the real): random unit vectors with identity
   structure, in one aligned block (as feature extraction can deliver them), made in chunks so the
   peak memory is the array itself."""
-  from jaxreid.clustering.distance import aligned_empty
+  from jaxreid.support_sets import aligned_empty
   rng = np.random.default_rng(seed)
   ids = rng.integers(0, num_ids, n)
   centres = rng.standard_normal((num_ids, dim), dtype=np.float32)
@@ -142,13 +142,14 @@ def _worker(args) -> None:
     # A jaxreid run has jax up already: its start-up is not part of the merge.
     import jax
     import jaxreid.clustering  # noqa: F401
+    from jaxreid import support_sets
     jax.devices()
   base = _resident_bytes()
   result = {}
   start = time.perf_counter()
   if args.worker == 'ours' and args.probe_rows:
     from jaxreid.clustering import distance
-    kernel = distance.SupportSetKernel(distance.support_array(reals, fakes), np.arange(n),
+    kernel = distance.SupportSetKernel(support_sets.support_array(reals, fakes), np.arange(n),
                                        np.ones(n), 0.003, block_size=args.block_size,
                                        matmul_dtype=args.dtype)
     kernel.topk(np.arange(args.probe_rows), args.topk)
@@ -163,7 +164,7 @@ def _worker(args) -> None:
     labels = res.labels
   elif args.worker == 'matmul':
     from jaxreid.clustering import distance
-    _bare_matmul(distance.support_array(reals, fakes), distance.block_rows(n, args.block_size),
+    _bare_matmul(support_sets.support_array(reals, fakes), distance.block_rows(n, args.block_size),
                  args.dtype, args.probe_rows or n)
     labels = None
   else:

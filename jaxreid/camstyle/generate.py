@@ -18,7 +18,7 @@ from absl import logging
 from PIL import Image
 from tqdm import tqdm
 
-from jaxreid import parallel
+from jaxreid import parallel, support_sets
 from jaxreid.camstyle import store as fake_store
 from jaxreid.camstyle import train as camstyle_train
 from jaxreid.data import augment
@@ -28,7 +28,7 @@ def _pairs(camids: np.ndarray, indices: range, num_cameras: int) -> tuple[np.nda
   """(image, target camera) for every fake of `indices`, in store record order."""
   src, tgt = [], []
   for i in indices:
-    for k in fake_store.target_cameras_of(int(camids[i]), num_cameras):
+    for k in support_sets.target_cameras_of(int(camids[i]), num_cameras):
       src.append(i)
       tgt.append(k)
   return np.asarray(src, np.int64), np.asarray(tgt, np.int32)

@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from jaxreid import parallel
+from jaxreid import parallel, support_sets
 from jaxreid.camstyle import store as fake_store
 
 
@@ -37,7 +37,7 @@ def generate(config: ml_collections.ConfigDict, split, fakes_dir) -> dict:
     params = synthetic.params_of(s)
     for k in tqdm(todo, desc='oracle fakes', unit='chunk', disable=None):
       rows = chunks[k]
-      targets = [fake_store.target_cameras_of(int(camids[i]), num_cameras) for i in rows]
+      targets = [support_sets.target_cameras_of(int(camids[i]), num_cameras) for i in rows]
       fakes = synthetic.render_in_cameras([names[i] for i in rows], targets, **params)
       encoded = [fake_store.encode(f, c.fake_format, c.jpeg_quality)
                  for per_image in fakes for f in per_image]

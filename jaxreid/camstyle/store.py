@@ -17,7 +17,7 @@ The re-ID side reads a store through
   store.num_images, store.num_cameras
   store.target_cameras(i)       ascending, i's own camera excluded (L - 1 of them)
   store.fake(i, target_cam)     uint8 HxWx3 RGB
-  sets = SupportSets(split.image, store)      (store None: real images only)
+  sets = jaxreid.support_sets.SupportSets(split.image, store)  (store None: real images only)
   sets.size                      L with a store, 1 without
   sets.support_image(i, slot)    slot 0: the real image; slot l >= 1: the fake for the l-th
                                  camera of target_cameras(i)
@@ -34,12 +34,13 @@ import os
 import pathlib
 import struct
 import threading
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 from PIL import Image
 
 from jaxreid import atomic
+from jaxreid.support_sets import target_cameras_of
 
 FORMAT = 'jaxreid-fakes-v1'
 _MAGIC = b'JRFAKES1'
@@ -88,10 +89,6 @@ def chunk_ranges(num_images: int, chunk_size: int) -> list[range]:
   """The image indices of each chunk."""
   return [range(s, min(s + chunk_size, num_images)) for s in range(0, num_images, chunk_size)]
 
-
-def target_cameras_of(camid: int, num_cameras: int) -> tuple[int, ...]:
-  """The cameras an image of camera `camid` gets fakes for: all others, ascending."""
-  return tuple(k for k in range(num_cameras) if k != camid)
 
 
 def write_index(root: pathlib.Path, camids: np.ndarray, num_cameras: int, chunk_size: int,
@@ -303,35 +300,3 @@ class FakeStore:
             os.pread(fd, nbytes, size - _FOOTER.size - nbytes), '<i8')
         self._fds[chunk] = fd
       return self._fds[chunk], self._offsets[chunk]
-
-
-class SupportSets:
-  """Image i's support set: slot 0 the real image, slot l >= 1 its fake for the l-th other camera."""
-
-  def __init__(self, real_image: Callable[[int], np.ndarray], store: FakeStore | None,
-               camids: np.ndarray | None = None):
-    self._real = real_image
-    self.store = store
-    self._camids = store.camids if store is not None else camids
-
-  @property
-  def size(self) -> int:
-    """Images per support set: L with fakes, 1 without."""
-    return 1 if self.store is None else self.store.num_cameras
-
-  def support_image(self, i: int, slot: int) -> np.ndarray:
-    """uint8 HxWx3: the real image (slot 0) or a fake (slot >= 1)."""
-    if slot == 0:
-      return self._real(int(i))
-    if self.store is None or not 0 < slot < self.size:
-      raise IndexError(f'support slot {slot}: expected 0..{self.size - 1}')
-    return self.store.fake(i, self.store.target_cameras(i)[slot - 1])
-
-  def slot_camera(self, i: int, slot: int) -> int:
-    """The camera whose style slot `slot` of image i shows."""
-    if self._camids is None:
-      raise ValueError('slot_camera needs camera ids (a store, or camids=...)')
-    own = int(self._camids[int(i)])
-    if slot == 0:
-      return own
-    return target_cameras_of(own, self.store.num_cameras)[slot - 1]

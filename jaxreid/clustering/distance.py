@@ -16,7 +16,7 @@ value bounds every entry the cut dropped, which is what the merge's exactness ce
 (see merge.py). Without the constraint A is symmetric and the rows carry the whole support set.
 
 How it runs: the support features S [N, L, d] (slot 0 the real, then the fakes) and their squared
-norms live on every device; on CPU, a C-contiguous, 64-byte aligned S (see `aligned_empty`) is used
+norms live on every device; on CPU, a C-contiguous, 64-byte aligned S (see `support_sets.aligned_empty`) is used
 in place, without any copy. Rows are streamed in chunks of (devices x block) rows; each device takes
 one block of `block` rows, computes one matmul [block, d] x [d, N * L] (columns (image, slot)-major)
 and reduces it over each image's L slots as a chain of elementwise minima fused into one pass; then
@@ -44,6 +44,7 @@ from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxreid import parallel
+from jaxreid.support_sets import support_array
 
 MATMUL_DTYPES = {'float32': np.float32, 'bfloat16': jnp.bfloat16}
 # Block rows are a multiple of this, and a block never exceeds N / BLOCK_SPLIT rows (rounded up):
@@ -58,36 +59,6 @@ def block_rows(num_images: int, block_size: int) -> int:
   return max(_ROW_ALIGN, min(int(block_size), -(-per_split // _ROW_ALIGN) * _ROW_ALIGN))
 
 
-def aligned_empty(shape: tuple[int, ...], dtype=np.float32, align: int = 64) -> np.ndarray:
-  """An uninitialised C-contiguous array at a 64-byte aligned address: XLA on CPU uses such a buffer
-  in place, where it copies an unaligned one (np.empty is typically 16-byte aligned)."""
-  dtype = np.dtype(dtype)
-  nbytes = int(np.prod(shape)) * dtype.itemsize
-  raw = np.empty(nbytes + align, np.uint8)
-  offset = (-raw.ctypes.data) % align
-  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
-
-
-def support_array(features: np.ndarray, fake_features: np.ndarray | None) -> np.ndarray:
-  """float32 S [N, L, d] with S[:, 0] = features and S[:, 1:] = fake_features, without a copy when
-  the two are already the slots of one such array (or there are no fakes), else one aligned copy."""
-  features = np.asarray(features, np.float32)
-  n, d = features.shape
-  if fake_features is None:
-    return features[:, None]
-  fakes = np.asarray(fake_features, np.float32)
-  num_sets = fakes.shape[1] + 1
-  item = features.itemsize
-  row = num_sets * d * item
-  # Both views tile one (N, L, d) C-order block exactly: address it as that block, no copy.
-  if (features.strides == (row, item) and fakes.strides == (row, d * item, item)
-      and fakes.ctypes.data == features.ctypes.data + d * item):
-    return np.lib.stride_tricks.as_strided(features, (n, num_sets, d), (row, d * item, item),
-                                           writeable=False)
-  out = aligned_empty((n, num_sets, d))
-  out[:, 0] = features
-  out[:, 1:] = fakes
-  return out
 
 
 def _min_over(x: jax.Array, axis: int) -> jax.Array:

@@ -42,6 +42,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
+from jaxreid import support_sets
 from jaxreid.clustering import distance
 
 
@@ -158,7 +159,7 @@ def merge_clusters(features: Any, fake_features: Any, labels: Any, num_to_merge:
     return MergeResult(cluster.astype(np.int64), 0, float('nan'), 0, 0, 0)
 
   sizes = np.bincount(cluster)[cluster]
-  kernel = distance.SupportSetKernel(distance.support_array(features, fake_features), cluster,
+  kernel = distance.SupportSetKernel(support_sets.support_array(features, fake_features), cluster,
                                      sizes, float(size_penalty), constraint,
                                      block_size=block_size, matmul_dtype=matmul_dtype, mesh=mesh)
   k = min(int(topk), n - 1)

@@ -18,7 +18,7 @@ import numpy as np
 from absl import logging
 
 from jaxreid import cluster_metrics, parallel
-from jaxreid.camstyle.store import SupportSets
+from jaxreid.support_sets import SupportSets
 from jaxreid.clustering import merge_step
 from jaxreid.evaluation import METRIC_KEYS
 from jaxreid.loops import common

@@ -22,7 +22,7 @@ import numpy as np
 from absl import logging
 
 from jaxreid import cluster_metrics, configlib, parallel
-from jaxreid.camstyle.store import SupportSets
+from jaxreid.support_sets import SupportSets
 from jaxreid.clustering import density as dbscan
 from jaxreid.data import pipeline
 from jaxreid.loops import common

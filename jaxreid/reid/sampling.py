@@ -41,7 +41,7 @@ def support_batches(get_support: Callable[[int, int], np.ndarray], support_size:
                     ) -> Iterator[dict[str, jax.Array]]:
   """One epoch of augmented, sharded training batches drawn from the support sets.
 
-  get_support(i, slot) -> uint8 image (e.g. camstyle.store.SupportSets.support_image);
+  get_support(i, slot) -> uint8 image (e.g. support_sets.SupportSets.support_image);
   labels: the cluster label of each real image; slot_camera(i, slot) fills 'camid' if given.
   Batches have config.train.batch_size rows; the last incomplete batch is dropped, as in BUC.
   """
