@@ -1,5 +1,8 @@
 """The fakes store: random access by (image, target camera), support sets, resumable generation."""
 
+import concurrent.futures
+import json
+import os
 import pathlib
 import pickle
 
@@ -70,6 +73,55 @@ def test_incomplete_or_foreign_store_is_refused_in_one_line(tmp_path):
     store.write_index(tmp_path, camids[::-1].copy(), L, 2, 'png')
 
 
+def test_damaged_chunks_are_named_and_only_they_are_removed(tmp_path):
+  camids = np.array([0, 1, 2, 0, 1, 2, 0, 1], np.int32)
+  _write_store(tmp_path, camids, chunk_size=2, fakes=_fill(len(camids)))
+  assert store.check(tmp_path) == []
+  path = [store.chunk_path(tmp_path, k) for k in range(4)]
+  kept = path[3].read_bytes()
+  os.truncate(path[0], path[0].stat().st_size - 5)  # array_record's footer is at the end
+  path[1].write_bytes(b'\0' * 4096)  # not array_record at all
+  # Whole, but of another chunk size: 2 records where 4 are due.
+  store.write_chunk(path[2], [store.encode(np.zeros((4, 2, 3), np.uint8), 'png')] * 2)
+  problems = store.check(tmp_path)
+  assert [p.split()[0] for p in problems] == [p.name for p in path[:3]]
+  assert all('damaged' in p and '\n' not in p for p in problems)
+  assert '2 records, expected 4' in problems[2]
+  assert store.remove_damaged(tmp_path) == problems
+  assert [p.exists() for p in path] == [False, False, False, True]
+  assert path[3].read_bytes() == kept
+  assert store.check(tmp_path) == [f'{p.name} missing' for p in path[:3]]
+
+
+def test_old_format_store_is_refused_in_one_line_and_cleared(tmp_path):
+  camids = np.array([0, 1, 2], np.int32)
+  _write_store(tmp_path, camids, chunk_size=2, fakes=_fill(3))
+  index = json.loads((tmp_path / 'index.json').read_text())
+  (tmp_path / 'index.json').write_text(json.dumps({**index, 'format': 'jaxreid-fakes-v1'}))
+  with pytest.raises(store.StoreError) as e:
+    store.FakeStore.open(tmp_path)
+  assert "old format 'jaxreid-fakes-v1'" in str(e.value) and '\n' not in str(e.value)
+  assert 'run the same command again to regenerate it' in str(e.value)
+  assert store.check(tmp_path) == [f"index.json in the old format 'jaxreid-fakes-v1', expected "
+                                   f"'{store.FORMAT}'"]
+  store.remove_damaged(tmp_path)
+  assert not list(tmp_path.glob('*.*')) and not list((tmp_path / 'chunks').iterdir())
+  _write_store(tmp_path, camids, chunk_size=2, fakes=_fill(3))  # regenerated from scratch
+  assert store.check(tmp_path) == []
+
+
+def test_threads_sharing_one_store_read_the_right_fakes(tmp_path):
+  camids = np.arange(40, dtype=np.int32) % L
+  fakes = _fill(len(camids))
+  _write_store(tmp_path, camids, chunk_size=8, fakes=fakes)
+  s = store.FakeStore.open(tmp_path)
+  pairs = [(i, t) for i in range(len(camids)) for t in s.target_cameras(i)] * 5
+  with concurrent.futures.ThreadPoolExecutor(8) as pool:
+    got = list(pool.map(lambda p: s.fake(*p), pairs))
+  for (i, t), fake in zip(pairs, got):
+    np.testing.assert_array_equal(fake, fakes[i, t])
+
+
 def _tiny_config():
   config = load_sibling(str(REPO / 'configs' / 'x.py'), 'synthetic').get_config()
   c = config.camstyle
@@ -136,7 +188,7 @@ def test_generation_killed_midway_resumes_to_the_same_store(trained, tmp_path, m
     store.FakeStore.open(tmp_path / 'resumed')
   again = generate.generate(config, split, camstyle_dir, tmp_path / 'resumed', mesh)
   assert again['chunks_written'] == 2  # the finished first chunk was skipped
-  for k in range(3):
+  for k in range(3):  # array_record writes the same bytes for the same records
     assert (store.chunk_path(tmp_path / 'whole', k).read_bytes() ==
             store.chunk_path(tmp_path / 'resumed', k).read_bytes())
 
@@ -180,5 +232,11 @@ def test_store_size_is_within_budget_of_the_originals(trained, tmp_path, cuhk03_
 
   summary = generate.generate(config, Photos(), camstyle_dir, tmp_path / 'f', mesh)
   budget = 1.5 * sum(f.stat().st_size for f in files) * (L - 1)
-  assert store.FakeStore.open(tmp_path / 'f').nbytes() <= budget
-  assert summary['size_ratio'] <= 1.5
+  s = store.FakeStore.open(tmp_path / 'f')
+  fakes = sum(len(s.fake_bytes(i, t)) for i in range(len(files)) for t in s.target_cameras(i))
+  assert fakes <= budget
+  assert summary['size_ratio'] == pytest.approx(fakes / (budget / 1.5)) and summary['size_ratio'] <= 1.5
+  # On disk, array_record adds a fixed framing to each chunk file (64 KiB blocks, the footer's
+  # block last), whatever the images: at most 2 blocks a chunk here.
+  chunks = len(store.chunk_ranges(len(files), config.camstyle.chunk_size))
+  assert fakes < s.nbytes() <= budget + chunks * 2 * 65536

@@ -107,9 +107,9 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, cach
 def test_missing_and_truncated_fakes_chunks_are_regenerated(tmp_path, cache_env, uninterrupted,
                                                             marks):
   _kill(tmp_path, cache_env, 8)  # in re-ID training, the fakes store finished
-  chunks = tmp_path / 'fakes' / 'chunks'
-  (chunks / 'chunk_00001.bin').unlink()
-  truncated = chunks / 'chunk_00002.bin'
+  from jaxreid.camstyle import store
+  store.chunk_path(tmp_path / 'fakes', 1).unlink()
+  truncated = store.chunk_path(tmp_path / 'fakes', 2)
   os.truncate(truncated, truncated.stat().st_size - 5)
   if marks == 'damaged':  # the stage marks lost as well: every stage resumes from its files
     (tmp_path / 'stages.json').write_text('{"camstyle_train": {"iter')
@@ -137,6 +137,28 @@ def test_deleted_fakes_store_is_regenerated_when_resuming(tmp_path):
   shutil.rmtree(fakes)
   run_stages._check_fakes(tracker, paths)  # pylint: disable=protected-access
   assert not tracker.done('camstyle_generate')
+
+
+def test_fakes_store_of_the_old_format_is_regenerated_when_resuming(tmp_path):
+  """A v1 store (its own .bin chunks) is derived data of a format this version does not read:
+  the check clears it and drops the generation mark, so the same command regenerates it."""
+  from jaxreid import run_stages
+  from jaxreid.camstyle import store
+  fakes = tmp_path / 'fakes'
+  store.write_index(fakes, np.array([0, 1, 0], np.int32), 2, 2, 'png')
+  index = json.loads((fakes / 'index.json').read_text())
+  (fakes / 'index.json').write_text(json.dumps({**index, 'format': 'jaxreid-fakes-v1'}))
+  (fakes / 'chunks').mkdir()
+  for k in range(2):
+    (fakes / 'chunks' / f'chunk_{k:05d}.bin').write_bytes(b'old chunk')
+  tracker = run_stages.StageTracker(tmp_path)
+  tracker.mark('camstyle_generate')
+  with pytest.raises(store.StoreError, match='old format .jaxreid-fakes-v1.*run the same command'):
+    store.FakeStore.open(fakes)
+  run_stages._check_fakes(tracker, run_stages.RunPaths(tmp_path))  # pylint: disable=protected-access
+  assert not tracker.done('camstyle_generate')
+  assert not (fakes / 'index.json').exists() and not list((fakes / 'chunks').iterdir())
+  store.write_index(fakes, np.array([0, 1, 0], np.int32), 2, 2, 'png')  # starts afresh
 
 
 def test_finished_work_dir_prints_its_results(tmp_path):
