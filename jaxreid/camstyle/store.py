@@ -45,7 +45,8 @@ from jaxreid.support_sets import target_cameras_of
 # v1 had its own chunk format (.bin: images, offsets, footer); v2 chunks are array_record files.
 FORMAT = 'jaxreid-fakes-v2'
 # One record per group: reading a fake reads (and decompresses) only its own bytes. The default
-# zstd still shrinks the synthetic set's JPEG fakes by ~4% (their headers) for ~2 us more a read.
+# zstd still shrinks the synthetic set's JPEG fakes by ~4% (their headers) for a few us more a read
+# (decoding one takes hundreds).
 _WRITER_OPTIONS = 'group_size:1'
 # Random access: no readahead, no reader threads of its own.
 _READER_OPTIONS = 'readahead_buffer_size:0,max_parallelism:0'
