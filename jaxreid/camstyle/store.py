@@ -108,9 +108,9 @@ def write_index(root: pathlib.Path, camids: np.ndarray, num_cameras: int, chunk_
   path = root / 'index.json'
   if path.exists():
     old = _read_index(path)
-    if _old_format(old):
-      raise StoreError(f'{path}: fakes store in the {_old_format(old)}; remove {root} or run the '
-                       'whole command again (it regenerates the fakes)')
+    if problem := _format_problem(old):
+      raise StoreError(f'{path}: fakes store in the {problem}; remove {root} or run the whole '
+                       'command again (it regenerates the fakes)')
     old_camids = np.load(root / 'camids.npy') if (root / 'camids.npy').exists() else None
     if old != index or old_camids is None or not np.array_equal(old_camids, camids):
       raise StoreError(f'{root} holds fakes of other images or settings ({old}); remove it or use '
@@ -121,7 +121,7 @@ def write_index(root: pathlib.Path, camids: np.ndarray, num_cameras: int, chunk_
   atomic.write_text(path, json.dumps(index, indent=2))
 
 
-def _old_format(index: dict) -> str | None:
+def _format_problem(index: dict) -> str | None:
   """Why an index is of another store format (None if it is this one's)."""
   found = index.get('format')
   return None if found == FORMAT else f'old format {found!r}, expected {FORMAT!r}'
@@ -171,8 +171,8 @@ def check(root: str | os.PathLike) -> list[str]:
     index = _read_index(index_path)
   except StoreError:
     return [f'{index_path.name} damaged']
-  if _old_format(index):
-    return [f'{index_path.name} in the {_old_format(index)}']
+  if problem := _format_problem(index):
+    return [f'{index_path.name} in the {problem}']
   if not (root / 'camids.npy').is_file():
     return ['camids.npy missing']
   fakes_per_image = int(index['num_cameras']) - 1
@@ -201,7 +201,7 @@ def remove_damaged(root: str | os.PathLike) -> list[str]:
     except StoreError:
       index_path.unlink()
       return problems
-    if _old_format(index):
+    if _format_problem(index):
       # Every chunk is redone: the index, camera ids and the old chunks go (the HHL folder's files
       # are overwritten as the new chunks are written).
       for old in (root / 'chunks').glob('chunk_*'):
@@ -242,9 +242,9 @@ class FakeStore:
       raise StoreError(f'{root}: no fakes store here (expected {index_path}); run the same command '
                        'again to generate the fakes')
     index = _read_index(index_path)
-    if _old_format(index):
-      raise StoreError(f'{index_path}: fakes store in the {_old_format(index)}; run the same '
-                       'command again to regenerate it')
+    if problem := _format_problem(index):
+      raise StoreError(f'{index_path}: fakes store in the {problem}; run the same command again '
+                       'to regenerate it')
     problems = check(root)
     if problems:
       total = len(chunk_ranges(int(index['num_images']), int(index['chunk_size'])))
