@@ -26,7 +26,6 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from jaxreid import atomic
 

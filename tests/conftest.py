@@ -25,7 +25,19 @@ def cuhk03_root():
 
 @pytest.fixture(scope='session', autouse=True)
 def _compilation_cache(tmp_path_factory):
-  """Library builders return fresh jitted functions; a session-wide persistent compilation cache
-  turns the repeated compiles of repeated trainings (the resume tests) into disk reads."""
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('xla_cache')))
+  """One persistent XLA compilation cache for the whole test run: both xdist workers and every
+  subprocess a test starts (they inherit JAX_COMPILATION_CACHE_DIR). Library builders return fresh
+  jitted functions, and most tests train the same tiny networks, so after the first compile the
+  rest are disk reads (a tiny run: 180 s cold, 60 s warm on 2 cores). A size limit turns on JAX's
+  file lock, so concurrent writers and readers do not see half-written entries."""
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    root = root.parent   # the run's directory, above each worker's own
+  cache = root / 'xla_cache'
+  cache.mkdir(exist_ok=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = str(cache)
+  os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(8 << 30)
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
+  jax.config.update('jax_compilation_cache_dir', str(cache))
+  jax.config.update('jax_compilation_cache_max_size', 8 << 30)
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.5)

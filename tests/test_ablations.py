@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import pytest
 from flax import traverse_util
 
@@ -63,7 +62,6 @@ def test_a_shared_stargan_is_copied_with_its_stage_marks(tmp_path):
 
 @pytest.mark.slow
 def test_a_variant_runs_and_is_tabled(tmp_path):
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
   rows = ablations.run_all(tiny_config.config(), tmp_path, only=['no_style_transfer'])
   assert [r['variant'] for r in rows] == ['no_style_transfer']
   assert '| w/o style transfer |' in (tmp_path / 'table.md').read_text()

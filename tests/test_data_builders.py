@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from jaxreid import data
-from jaxreid.data import builders, images, layouts
+from jaxreid.data import images
 from test_data_layouts import TINY_MARKET, pixel_image, write_market, write_msmt17
 
 

@@ -176,7 +176,6 @@ def density_config(**overrides):
 @pytest.mark.slow
 def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, monkeypatch):
   from jaxreid import run_stages, viz
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
   cfg = density_config()
   configlib.validate(cfg)
   full = run_stages.run(copy.deepcopy(cfg), str(tmp_path / 'full'))
@@ -228,7 +227,6 @@ def test_density_run_resumes_bit_identically_and_records_every_epoch(tmp_path, m
 @pytest.mark.slow
 def test_density_run_with_fakes_clusters_support_sets(tmp_path):
   from jaxreid import run_stages
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path / 'xla_cache'))
   cfg = density_config(**{'camstyle.enabled': True, 'camstyle.oracle': True,
                           'density.use_fakes': True, 'density.epochs': 1,
                           'density.eval_every': 1})

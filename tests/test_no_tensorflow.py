@@ -6,7 +6,6 @@ have TensorFlow installed.
 """
 
 import os
-import pathlib
 import subprocess
 import sys
 
