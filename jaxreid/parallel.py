@@ -90,6 +90,27 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
+ON_DEVICE_SETTINGS = ('auto', 'True', 'False')
+
+
+def keep_on_device(setting: str | bool) -> bool:
+  """Whether large intermediates (the support features of a merge) stay on the devices, for a
+  setting in ON_DEVICE_SETTINGS (or a bool).
+
+  'auto' keeps them there unless the backend is CPU (host and device memory are then the same:
+  nothing to gain) or several processes run: the device path is all global computations and
+  should hold there too, but it is tested across processes on CPU only, so 'auto' keeps the host
+  path that tests/test_multihost.py covers; 'True' forces it.
+  """
+  if setting == 'auto':
+    return jax.default_backend() != 'cpu' and jax.process_count() == 1
+  if setting in (True, 'True'):
+    return True
+  if setting in (False, 'False'):
+    return False
+  raise ValueError(f'on-device setting {setting!r}: expected one of {ON_DEVICE_SETTINGS}')
+
+
 def to_host(tree: Any) -> Any:
   """Fetches a (possibly multi-host) pytree of global Arrays as numpy on every process."""
   if jax.process_count() > 1:
