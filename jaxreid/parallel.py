@@ -98,9 +98,10 @@ def keep_on_device(setting: str | bool) -> bool:
   setting in ON_DEVICE_SETTINGS (or a bool).
 
   'auto' keeps them there unless the backend is CPU (host and device memory are then the same:
-  nothing to gain) or several processes run: the device path is all global computations and
-  should hold there too, but it is tested across processes on CPU only, so 'auto' keeps the host
-  path that tests/test_multihost.py covers; 'True' forces it.
+  nothing to gain) or several processes run: the device path is all global computations (a
+  replicated array is whole on every process) and tests/test_multihost.py checks it across CPU
+  processes, but not on accelerators, so in doubt 'auto' keeps the host path there; 'True' forces
+  the device path.
   """
   if setting == 'auto':
     return jax.default_backend() != 'cpu' and jax.process_count() == 1

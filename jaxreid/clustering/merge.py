@@ -242,6 +242,8 @@ def merge_step(features: Any, fake_features: Any, labels: Any, num_to_merge: int
   diversity term; constraint=False counts fake-fake pairs too. topk is the first candidate count
   per image (enlarged where the certificate needs it), block_size the rows per device block,
   matmul_dtype 'bfloat16' for accelerators. num_to_merge above C - 1 merges everything (logged).
+  features and fake_features may be jax Arrays (config.cluster.features_on_device): they are then
+  checked and used on the devices, never copied to the host, with the same labels bit for bit.
   """
   return merge_clusters(features, fake_features, labels, num_to_merge, size_penalty, constraint,
                         topk=topk, block_size=block_size, matmul_dtype=matmul_dtype,
