@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.cluster.topk = 32            # candidates kept per image; enlarged automatically if not exact
   c.cluster.block_size = 512     # rows per streamed block of the distance kernel
   c.cluster.matmul_dtype = 'float32'  # float32 | bfloat16 (accelerators)
+  # auto | True | False: the support features stay on the devices through a merge (no host round
+  # trip); auto = on accelerators of a one-process run, not on CPU (the same memory there).
+  c.cluster.features_on_device = 'auto'
   c.cluster.max_steps = -1       # < 0: int(1 / merge_percent) - 1
 
   # ---------------------------------------------------------------- density head (cluster.method)

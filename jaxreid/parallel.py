@@ -90,6 +90,28 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh))
 
 
+ON_DEVICE_SETTINGS = ('auto', 'True', 'False')
+
+
+def keep_on_device(setting: str | bool) -> bool:
+  """Whether large intermediates (the support features of a merge) stay on the devices, for a
+  setting in ON_DEVICE_SETTINGS (or a bool).
+
+  'auto' keeps them there unless the backend is CPU (host and device memory are then the same:
+  nothing to gain) or several processes run: the device path is all global computations (a
+  replicated array is whole on every process) and tests/test_multihost.py checks it across CPU
+  processes, but not on accelerators, so in doubt 'auto' keeps the host path there; 'True' forces
+  the device path.
+  """
+  if setting == 'auto':
+    return jax.default_backend() != 'cpu' and jax.process_count() == 1
+  if setting in (True, 'True'):
+    return True
+  if setting in (False, 'False'):
+    return False
+  raise ValueError(f'on-device setting {setting!r}: expected one of {ON_DEVICE_SETTINGS}')
+
+
 def to_host(tree: Any) -> Any:
   """Fetches a (possibly multi-host) pytree of global Arrays as numpy on every process."""
   if jax.process_count() > 1:

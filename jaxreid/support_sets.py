@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 if TYPE_CHECKING:
@@ -64,9 +66,19 @@ def aligned_empty(shape: tuple[int, ...], dtype=np.float32, align: int = 64) -> 
   return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
 
-def support_array(features: np.ndarray, fake_features: np.ndarray | None) -> np.ndarray:
+def support_array(features: np.ndarray | jax.Array, fake_features: np.ndarray | jax.Array | None
+                  ) -> np.ndarray | jax.Array:
   """float32 S [N, L, d] with S[:, 0] = features and S[:, 1:] = fake_features, without a copy when
-  the two are already the slots of one such array (or there are no fakes), else one aligned copy."""
+  the two are already the slots of one such array (or there are no fakes), else one aligned copy.
+
+  Jax Arrays (features kept on the device) give a jax.Array S built there, with their sharding.
+  """
+  if isinstance(features, jax.Array) and (fake_features is None
+                                          or isinstance(fake_features, jax.Array)):
+    features = jnp.asarray(features, jnp.float32)
+    if fake_features is None:
+      return features[:, None]
+    return jnp.concatenate([features[:, None], jnp.asarray(fake_features, jnp.float32)], axis=1)
   features = np.asarray(features, np.float32)
   n, d = features.shape
   if fake_features is None:

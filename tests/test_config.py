@@ -40,6 +40,7 @@ def test_data_set_configs_have_exactly_the_fields_of_common(name):
     ('model.arch', 'vgg', 'one of'),
     ('train.batch_size', 0, 'positive integer'),
     ('synthetic.num_cameras', 1, 'at least 2 cameras'),
+    ('cluster.features_on_device', 'yes', "'auto', 'True' or 'False'"),
 ])
 def test_nonsensical_values_are_refused_naming_the_key(key, value, expected):
   c = _load('synthetic')
@@ -48,6 +49,13 @@ def test_nonsensical_values_are_refused_naming_the_key(key, value, expected):
   with pytest.raises(configlib.ConfigError, match=re.escape(expected)) as e:
     configlib.validate(c)
   assert f'config.{key}=' in str(e.value) and '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('value', ['auto', 'True', 'False'])
+def test_features_on_device_takes_auto_or_a_boolean_word(value):
+  c = _load('synthetic')
+  c.cluster.features_on_device = value   # what --config.cluster.features_on_device=True sets
+  configlib.validate(c)
 
 
 def test_real_data_set_without_root_is_refused():

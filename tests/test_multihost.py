@@ -76,3 +76,19 @@ def test_two_processes_match_one_process(tmp_path):
     assert np.array_equal(np.unique(labels[name]), np.unique(want_labels[name])), name
   assert [s['clusters'] for s in results['steps']] == [s['clusters'] for s in want_results['steps']]
   assert results.keys() == want_results.keys()
+
+
+@pytest.mark.slow
+def test_two_processes_keep_support_features_on_the_devices():
+  """cluster.features_on_device=True across processes: 'auto' keeps the host path there, so this
+  is what says the device path holds too (features, labels and errors of the host path)."""
+  port = _free_port()
+  script = str(tiny_config.REPO / 'tests' / 'device_merge_process.py')
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+      p for p in (str(tiny_config.REPO), os.environ.get('PYTHONPATH', '')) if p))
+  procs = [subprocess.Popen([sys.executable, script, str(i), str(port)], cwd=tiny_config.REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0 and 'DONE' in out, err[-3000:]

@@ -55,6 +55,25 @@ def test_support_features_are_indexed_by_image_and_slot(trained):
   np.testing.assert_allclose(got.reshape(12, 128), reference[:12], rtol=1e-5, atol=1e-6)
 
 
+def test_features_on_device_equal_the_host_ones_exactly(trained):
+  cfg, variables, images, _ = trained
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = parallel.make_mesh(devices)
+    # 13 images in batches of 8: the padded last batch is cut on the device as on the host.
+    for indices in (list(range(13)), [5, 2], []):
+      want = extract_features(variables, cfg, lambda i: images[i], indices, mesh=mesh)
+      got = extract_features(variables, cfg, lambda i: images[i], indices, mesh=mesh,
+                             on_device=True)
+      assert isinstance(got, jax.Array) and got.sharding.is_fully_replicated
+      assert got.sharding.mesh == mesh and got.dtype == np.float32
+      assert np.array_equal(np.asarray(got), want), (len(devices), indices)
+  want = extract_support_features(variables, cfg, lambda i, s: images[3 * i + s], 4, 3, mesh=mesh)
+  got = extract_support_features(variables, cfg, lambda i, s: images[3 * i + s], 4, 3, mesh=mesh,
+                                 on_device=True)
+  assert got.shape == (4, 3, 128) and got.sharding.is_fully_replicated
+  assert np.array_equal(np.asarray(got), want)
+
+
 def test_feature_extractor_from_a_work_dir_on_paths_and_arrays(trained, tmp_path):
   cfg, variables, images, reference = trained
   export.save_model(tmp_path / 'run' / 'model', variables, cfg)

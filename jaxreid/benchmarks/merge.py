@@ -10,10 +10,11 @@ merge_step as its slot views (--separate-arrays: two unaligned arrays, costing o
 labels of step 0 (image i in cluster i), m = int(0.05 N) merges, lambda = 0.003. Each measurement
 runs in its own process, so its peak memory (ru_maxrss) is its own; "above the inputs" subtracts
 the resident size once the inputs exist (for ours, once jax is imported and started too, as in any
-jaxreid run). Printed: our merge time (first call, compilation included), the bare matmul of the
-same shapes in the same blocks (the floor of any exact method) and the ratio; the numpy
-full-matrix reference (N x N*L distances, argsort of all pairs, union-find), its time and memory;
-and whether the labels agree.
+jaxreid run). Printed: our merge time (first call, compilation included); the same merge from
+features already on the devices as replicated arrays (cluster.features_on_device) and the time
+ratio host / device inputs; the bare matmul of the same shapes in the same blocks (the floor of
+any exact method) and the ratio; the numpy full-matrix reference (N x N*L distances, argsort of
+all pairs, union-find), its time and memory; and whether the labels agree.
 """
 
 from __future__ import annotations
@@ -155,8 +156,19 @@ def _worker(args) -> None:
     kernel.topk(np.arange(args.probe_rows), args.topk)
     result.update(passes=1, final_k=args.topk, recomputed_rows=0, block=kernel.block)
     labels = None
-  elif args.worker == 'ours':
+  elif args.worker in ('ours', 'ours_device'):
     from jaxreid.clustering import distance, merge_clusters
+    if args.worker == 'ours_device':
+      # As with cluster.features_on_device: the merge starts from replicated device arrays, the
+      # slices algorithm1 passes (their transfer is feature extraction's, not the merge's).
+      from jaxreid import parallel
+      on_device = jax.device_put(support_sets.support_array(reals, fakes),
+                                 parallel.replicated(parallel.make_mesh()))
+      del reals, fakes
+      reals, fakes = jax.block_until_ready((on_device[:, 0], on_device[:, 1:]))
+      del on_device
+      base = _resident_bytes()
+      start = time.perf_counter()
     res = merge_clusters(reals, fakes, np.arange(n), m, 0.003, topk=args.topk,
                          block_size=args.block_size, matmul_dtype=args.dtype)
     result.update(passes=res.passes, final_k=res.final_k, recomputed_rows=res.recomputed_rows,
@@ -201,12 +213,15 @@ def main(argv=None) -> None:
   p.add_argument('--block-size', type=int, default=512)
   p.add_argument('--bf16', action='store_true', help='bfloat16 matmuls (for accelerators)')
   p.add_argument('--no-reference', action='store_true', help='skip the full-matrix reference')
+  p.add_argument('--no-device-inputs', action='store_true',
+                 help='skip the merge from features already on the devices')
   p.add_argument('--probe-rows', type=int, default=0,
                  help='a probe: run the kernel (no walk) and the bare matmul on the first rows '
                       'only, at full N and memory; times are also extrapolated to all N rows')
   p.add_argument('--separate-arrays', action='store_true',
                  help='pass reals and fakes as two unaligned arrays (costs ours one copy of them)')
-  p.add_argument('--worker', choices=['ours', 'matmul', 'reference'], help=argparse.SUPPRESS)
+  p.add_argument('--worker', choices=['ours', 'ours_device', 'matmul', 'reference'],
+                 help=argparse.SUPPRESS)
   p.add_argument('--scale', choices=sorted(SCALES), help=argparse.SUPPRESS)
   p.add_argument('--dtype', default='float32', help=argparse.SUPPRESS)
   p.add_argument('--labels-out', default='', help=argparse.SUPPRESS)
@@ -235,6 +250,13 @@ def main(argv=None) -> None:
           f'block {ours["block"]} rows, {ours["passes"]} kernel pass(es), largest k '
           f'{ours["final_k"]}, {ours["recomputed_rows"]} rows recomputed; peak memory '
           f'{_gb(ours["peak"])}, {_gb(ours["peak"] - ours["base"])} above the inputs')
+    if not args.probe_rows and not args.no_device_inputs:
+      dev = _run('ours_device', args, os.path.join(tmp, 'ours_device.npy'))
+      same = np.array_equal(np.load(os.path.join(tmp, 'ours.npy')),
+                            np.load(os.path.join(tmp, 'ours_device.npy')))
+      print(f'  ours from device arrays (cluster.features_on_device): {dev["seconds"]:.1f} s; '
+            f'host arrays / device arrays: {ours["seconds"] / dev["seconds"]:.2f}x; labels '
+            f'identical: {same}')
     bare = _run('matmul', args)
     rows = args.probe_rows or n
     print(f'  bare matmul of the same shapes ([N, d] x [d, N*L] in the same row blocks, jax): '

@@ -133,12 +133,13 @@ def _in_dtype(x: jax.Array, dtype) -> tuple[jax.Array, jax.Array]:
 class SupportSetKernel:
   """The support sets of one merge step on the device mesh, queried for per-row top-k candidates.
 
-  support [N, L, d] float32 (slot 0 the real image, slots 1.. its fakes), labels [N] cluster ids
+  support [N, L, d] float32 (slot 0 the real image, slots 1.. its fakes; numpy, or a jax.Array
+  that stays on the devices), labels [N] cluster ids
   (only equality matters), sizes [N] the real-image size of each image's cluster at the start of
   the step.
   """
 
-  def __init__(self, support: np.ndarray, labels: np.ndarray, sizes: np.ndarray,
+  def __init__(self, support: np.ndarray | jax.Array, labels: np.ndarray, sizes: np.ndarray,
                size_penalty: float, constraint: bool = True, *, block_size: int = 512,
                matmul_dtype: str = 'float32', mesh: Mesh | None = None):
     self.mesh = parallel.make_mesh() if mesh is None else mesh
@@ -147,9 +148,16 @@ class SupportSetKernel:
     self.constraint = bool(constraint)
     self.block = block_rows(n, block_size)
     rep = parallel.replicated(self.mesh)
-    # A reshape of a C-contiguous S is a view, so an aligned S still goes to the device in place.
-    flat = support.reshape(n * num_sets, d)
-    self.flat, sq = _in_dtype(parallel.put_global(flat, rep), MATMUL_DTYPES[matmul_dtype])
+    if isinstance(support, jax.Array):
+      # Already on the devices (features kept there): no host round trip; moved between devices
+      # only when it is not replicated on this mesh.
+      if not support.sharding.is_equivalent_to(rep, support.ndim):
+        support = jax.device_put(support, rep)
+      flat = support.reshape(n * num_sets, d)
+    else:
+      # A reshape of a C-contiguous S is a view, so an aligned S still goes to the device in place.
+      flat = parallel.put_global(support.reshape(n * num_sets, d), rep)
+    self.flat, sq = _in_dtype(flat, MATMUL_DTYPES[matmul_dtype])
     self.sq = sq.reshape(n, num_sets)
     self.labels = parallel.put_global(np.asarray(labels, np.int32), rep)
     self.sizes = parallel.put_global(np.asarray(sizes, np.float32), rep)

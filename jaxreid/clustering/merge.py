@@ -38,6 +38,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.sharding import Mesh
@@ -94,31 +96,60 @@ def walk(values: np.ndarray, rows: np.ndarray, columns: np.ndarray, cluster: np.
   return root, merges, last
 
 
+@jax.jit
+def _nonfinite(features, fake_features):
+  """0 when all are finite, else 1 (features) or 2 (fake_features): one reduction on the device,
+  one scalar to fetch, no mask of the whole support set in memory."""
+  code = jnp.where(jnp.all(jnp.isfinite(features)), 0, 1)
+  if fake_features is not None:
+    code = jnp.where((code == 0) & ~jnp.all(jnp.isfinite(fake_features)), 2, code)
+  return code
+
+
 def _check_inputs(features, fake_features, labels, num_to_merge, size_penalty, topk, block_size,
                   matmul_dtype):
-  """Validated float32 features/fakes and int labels; one clear line for any user mistake."""
-  features = np.asarray(features)
+  """Validated float32 features/fakes and int labels; one clear line for any user mistake.
+
+  Features that are all jax Arrays stay on the device (checked there, never copied to the host);
+  anything else is checked and returned as numpy.
+  """
+  on_device = isinstance(features, jax.Array) and (
+      fake_features is None or isinstance(fake_features, jax.Array))
+  xp = jnp if on_device else np   # jnp also knows bfloat16 as a floating type
+  if not on_device:
+    features = np.asarray(features)
+    fake_features = None if fake_features is None else np.asarray(fake_features)
   if features.ndim != 2 or 0 in features.shape:
     raise ValueError(f'features has shape {features.shape}; expected (num_images, feature_dim), '
                      'non-empty')
   n, d = features.shape
   for name, x in (('features', features), ('fake_features', fake_features)):
-    if x is not None and (not np.issubdtype(np.asarray(x).dtype, np.floating)
-                          and not np.issubdtype(np.asarray(x).dtype, np.integer)):
-      raise ValueError(f'{name} has dtype {np.asarray(x).dtype}; expected real numbers')
-  features = features.astype(np.float32, copy=False)
+    if x is not None and (not xp.issubdtype(x.dtype, xp.floating)
+                          and not xp.issubdtype(x.dtype, xp.integer)):
+      raise ValueError(f'{name} has dtype {x.dtype}; expected real numbers')
   if fake_features is not None:
-    fake_features = np.asarray(fake_features)
     if fake_features.ndim != 3 or fake_features.shape[0] != n or fake_features.shape[2] != d:
       raise ValueError(f'fake_features has shape {fake_features.shape}; expected ({n}, L-1, {d}) '
                        'to match features, or None')
-    fake_features = fake_features.astype(np.float32, copy=False)
     if fake_features.shape[1] == 0:
       fake_features = None
-  for name, x in (('features', features), ('fake_features', fake_features)):
+  if on_device:
+    # jnp.asarray returns a float32 array itself: no copy on the device either.
+    features = jnp.asarray(features, jnp.float32)
+    if fake_features is not None:
+      fake_features = jnp.asarray(fake_features, jnp.float32)
+    bad = int(_nonfinite(features, fake_features))
+  else:
+    features = features.astype(np.float32, copy=False)
+    if fake_features is not None:
+      fake_features = fake_features.astype(np.float32, copy=False)
     # In chunks: a mask of the whole support set would be a large temporary.
-    if x is not None and not all(np.isfinite(x[s:s + 1024]).all() for s in range(0, n, 1024)):
-      raise ValueError(f'{name} contains NaN or infinite values; expected finite features')
+    finite = [x is None or all(np.isfinite(x[s:s + 1024]).all() for s in range(0, n, 1024))
+              for x in (features, fake_features)]
+    bad = 0 if all(finite) else finite.index(False) + 1
+  if bad:
+    raise ValueError(f"{('features', 'fake_features')[bad - 1]} contains NaN or infinite values; "
+                     'expected finite features')
   labels = np.asarray(labels)
   if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
     raise ValueError(f'labels has shape {labels.shape} and dtype {labels.dtype}; expected ({n},) '
@@ -211,6 +242,8 @@ def merge_step(features: Any, fake_features: Any, labels: Any, num_to_merge: int
   diversity term; constraint=False counts fake-fake pairs too. topk is the first candidate count
   per image (enlarged where the certificate needs it), block_size the rows per device block,
   matmul_dtype 'bfloat16' for accelerators. num_to_merge above C - 1 merges everything (logged).
+  features and fake_features may be jax Arrays (config.cluster.features_on_device): they are then
+  checked and used on the devices, never copied to the host, with the same labels bit for bit.
   """
   return merge_clusters(features, fake_features, labels, num_to_merge, size_penalty, constraint,
                         topk=topk, block_size=block_size, matmul_dtype=matmul_dtype,

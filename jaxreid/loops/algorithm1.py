@@ -135,9 +135,11 @@ def train_reid(config, sets, store, mesh, paths) -> dict:
     t0 = time.time()
     feats = extract.extract_support_features(
         state.variables, config, support.support_image, n, support.size if use_fakes else 1,
-        mesh=mesh, desc=f'step {s} support features')
-    fake_feats = feats[:, 1:] if use_fakes else None
-    labels = merge_step(feats[:, 0], fake_feats, labels, m, config.cluster.size_penalty,
+        mesh=mesh, desc=f'step {s} support features',
+        on_device=parallel.keep_on_device(config.cluster.features_on_device))
+    reals, fake_feats = feats[:, 0], (feats[:, 1:] if use_fakes else None)
+    del feats   # on the device, its slices are copies: S is not kept twice through the merge
+    labels = merge_step(reals, fake_feats, labels, m, config.cluster.size_penalty,
                         config.cluster.constraint, topk=config.cluster.topk,
                         block_size=config.cluster.block_size,
                         matmul_dtype=config.cluster.matmul_dtype, mesh=mesh).astype(np.int32)

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tqdm
@@ -29,15 +30,32 @@ def _features(variables, batch, *, net: model_lib.ReidNet, mean: tuple, std: tup
   return jax.lax.with_sharding_constraint(feats, parallel.data_sharding(mesh))
 
 
+@functools.partial(jax.jit, static_argnames=('valid', 'mesh'), donate_argnums=0)
+def _write(out, feats, start, *, valid: int, mesh: Mesh):
+  """out[start:start + valid] = feats[:valid] as float32, in place (out donated), replicated."""
+  update = jax.lax.with_sharding_constraint(feats[:valid].astype(jnp.float32),
+                                            parallel.replicated(mesh))
+  return jax.lax.with_sharding_constraint(
+      jax.lax.dynamic_update_slice_in_dim(out, update, start, axis=0), parallel.replicated(mesh))
+
+
+@functools.partial(jax.jit, static_argnames=('shape', 'mesh'))
+def _zeros(*, shape: tuple, mesh: Mesh):
+  """A float32 buffer of `shape` made on the devices, replicated (no host array, no transfer)."""
+  return jax.lax.with_sharding_constraint(jnp.zeros(shape, jnp.float32), parallel.replicated(mesh))
+
+
 def extract_features(variables: Mapping[str, Any], config: ml_collections.ConfigDict,
                      get_image: Callable[[Any], np.ndarray], indices: Sequence[Any], *,
                      mesh: Mesh, batch_size: int | None = None, height: int | None = None,
-                     width: int | None = None, desc: str = 'features') -> np.ndarray:
+                     width: int | None = None, desc: str = 'features',
+                     on_device: bool = False) -> np.ndarray | jax.Array:
   """float32 [len(indices), d]: `feature` of get_image(indices[k]), resized to height x width.
 
   Defaults: config.eval.batch_size, config.data.height / width. `variables` = {'params',
-  'batch_stats'} (numpy or replicated arrays). Results come back one batch late so the device
-  never waits for the host.
+  'batch_stats'} (numpy or replicated arrays). Host path: results come back one batch late so
+  the device never waits for the host. on_device=True: a jax.Array replicated on `mesh`, filled
+  batch by batch on the devices, never fetched (the same values bit for bit).
   """
   batch_size = int(batch_size or config.eval.batch_size)
   height, width = int(height or config.data.height), int(width or config.data.width)
@@ -49,6 +67,13 @@ def extract_features(variables: Mapping[str, Any], config: ml_collections.Config
   out = None
   done = 0
   pending = None
+
+  def write(feats, valid):
+    nonlocal out, done
+    if out is None:
+      out = _zeros(shape=(len(indices), feats.shape[1]), mesh=mesh)
+    out = _write(out, feats, np.int32(done), valid=valid, mesh=mesh)
+    done += valid
 
   def collect(item):
     nonlocal out, done
@@ -66,6 +91,9 @@ def extract_features(variables: Mapping[str, Any], config: ml_collections.Config
   for batch, valid in tqdm.tqdm(batches, total=steps, desc=desc, leave=False,
                                 disable=not sys.stderr.isatty()):
     feats = fn(variables, batch)
+    if on_device:
+      write(feats, valid)   # asynchronous: nothing here waits for the device
+      continue
     if pending is not None:
       collect(pending)
     pending = (feats, valid)
@@ -74,17 +102,19 @@ def extract_features(variables: Mapping[str, Any], config: ml_collections.Config
   if out is None:
     dim = jax.eval_shape(lambda v: net.apply(v, np.zeros((1, height, width, 3), np.float32)),
                          variables)['feature'].shape[-1]
-    out = np.empty((0, dim), np.float32)
+    out = _zeros(shape=(0, dim), mesh=mesh) if on_device else np.empty((0, dim), np.float32)
   return out
 
 
 def extract_support_features(variables: Mapping[str, Any], config: ml_collections.ConfigDict,
                              get_support: Callable[[int, int], np.ndarray], num_images: int,
-                             support_size: int, *, mesh: Mesh, **kwargs) -> np.ndarray:
-  """float32 [num_images, support_size, d]: slot 0 the real image, slots 1.. its fakes."""
+                             support_size: int, *, mesh: Mesh, on_device: bool = False,
+                             **kwargs) -> np.ndarray | jax.Array:
+  """float32 [num_images, support_size, d]: slot 0 the real image, slots 1.. its fakes (a
+  replicated jax.Array with on_device=True, see `extract_features`)."""
   items = [(i, s) for i in range(num_images) for s in range(support_size)]
   feats = extract_features(variables, config, lambda item: get_support(*item), items, mesh=mesh,
-                           **kwargs)
+                           on_device=on_device, **kwargs)
   return feats.reshape(num_images, support_size, -1)
 
 
