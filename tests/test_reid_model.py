@@ -53,7 +53,7 @@ def test_last_stride_one_doubles_the_last_map():
     assert state['intermediates']['layer4_1']['__call__'][0].shape[1:3] == hw
 
 
-def test_host_init_follows_torchvision_and_buc_rules_and_the_key():
+def test_init_follows_torchvision_and_buc_rules_and_the_key():
   net = model.build_model(model_config(embedding_dim=256))
   v = model.init_variables(net, jax.random.key(3), 64, 32)
   k = v['params']['backbone']['layer4_0']['conv2']['kernel']      # (3, 3, 128, 128)
@@ -70,8 +70,12 @@ def test_host_init_follows_torchvision_and_buc_rules_and_the_key():
   other = model.init_variables(net, jax.random.key(4), 64, 32)
   np.testing.assert_array_equal(again['params']['embed']['kernel'], e)
   assert not np.allclose(other['params']['embed']['kernel'], e)
-  flax_shapes = jax.eval_shape(net.init, jax.random.key(0), jnp.zeros((1, 64, 32, 3)))
-  assert jax.tree.structure(dict(flax_shapes)) == jax.tree.structure(v)
+  # It is the modules' own initialisers: un-jitted net.init draws the same values (the jitted one
+  # is compiled at a low XLA optimisation level, so the last bits of the normal transform differ).
+  eager = net.init(jax.random.key(3), jnp.zeros((1, 64, 32, 3)), train=False)
+  assert jax.tree.structure(dict(eager)) == jax.tree.structure(v)
+  for a, b in zip(jax.tree.leaves(dict(eager)), jax.tree.leaves(v)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 class PatchConv(nn.Module):
