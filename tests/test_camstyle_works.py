@@ -30,8 +30,15 @@ from jaxreid.data import synthetic
 REPO = pathlib.Path(__file__).resolve().parents[1]
 L, HEIGHT, WIDTH = 4, 64, 32
 STEP0_EPOCHS, STEP0_DECAY = 40, 30   # step 0 of the re-ID network in the last test
-# The seed of the data, the StarGAN and the re-ID network: CI runs 0; the bars below were set from
-# the spread over seeds (`JAXREID_WORKS_SEED=N pytest -s tests/test_camstyle_works.py` repeats it).
+# The seed of the data, the StarGAN and the re-ID network (`JAXREID_WORKS_SEED=N pytest -s
+# tests/test_camstyle_works.py` repeats both tests at seed N and prints what they measure). CI runs
+# seed 0. Measured with the `net.init` initialiser, 1 CPU device, seeds 0 / 1 / 2: fakes -> target
+# camera 0.997 / 0.917 / 0.693; fake nearer its source than the average other identity 0.985 /
+# 0.094 / 0.850; step 0 with fakes, mAP 0.115 / 0.086 / 0.060 against the best baseline 0.046 /
+# 0.074 / 0.040. So the bars hold at seed 0 only: at seed 1 the 400-iteration StarGAN changes the
+# camera but loses the person (at 600 iterations too: 0.045), at seed 2 it has not learned the
+# camera change yet. A StarGAN that reliably keeps identity at this size is an open problem
+# (docs/results.md); until then this test checks seed 0's end point, not a property of every seed.
 SEED = int(os.environ.get('JAXREID_WORKS_SEED', '0'))
 
 
@@ -197,11 +204,8 @@ def test_step0_on_support_sets_lifts_retrieval_well_above_baselines(camstyle_run
   with_fakes = step0(r['store'])
   print(f'\nstep 0, {STEP0_EPOCHS} epochs (rank-1, mAP): raw pixels {raw_score}, untrained '
         f'{untrained}, reals only {reals_only}, support sets with fakes {with_fakes}')
-  # Measured (seed 0, 40 epochs): raw pixels 0.036 / 0.046, untrained 0.027 / 0.045, reals only
-  # 0.000 / 0.061, with fakes 0.090 / 0.123: 2.5x and 2.7x the best baseline. The StarGAN's 400
-  # iterations end elsewhere after any change of float rounding (other end points gave
-  # 0.063 / 0.095 to 0.135 / 0.147 after 20 epochs), hence bars below the measured ratios that
-  # every end point seen so far clears: mAP doubled, rank-1 x1.5.
+  # Seed 0 (40 epochs, `net.init`): raw pixels 0.036 / 0.046, untrained 0.009 / 0.031, reals only
+  # 0.027 / 0.069, with fakes 0.099 / 0.115: 2.75x and 2.5x the best baseline (other seeds: above).
   best = np.maximum(raw_score, untrained)
   assert with_fakes[0] >= 1.5 * best[0] and with_fakes[0] >= 0.05, (with_fakes, best)
   assert with_fakes[1] >= 2 * best[1], (with_fakes, best)
