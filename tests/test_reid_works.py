@@ -12,7 +12,7 @@ the `net.init` initialiser; 1 CPU device): `JAXREID_WORKS_SEED=N` repeats a run 
   camera the main nuisance and step 0 learns no camera invariance (it pushes apart the same
   person's images); with the StarGAN's fakes in the support sets it does, which the last test of
   tests/test_camstyle_works.py checks.
-- Training on the true identities (6 epochs) gives mAP 3.3x-6.6x the baseline and rank-1 2x-28x
+- Training on the true identities (6 epochs) gives mAP 3.3x-6.6x the baseline and rank-1 2x-25x
   over the 10 runs (rank-1 0.05-0.26 on ~115 queries).
 """
 
