@@ -78,6 +78,7 @@ def test_auto_runs_the_twice_differentiated_discriminator_as_matmuls_on_cpu_only
   assert stargan.discriminator_conv_mode('matmul') == 'matmul'
 
 
+@pytest.mark.slow
 def test_generator_outputs_and_gradients_equal_the_native_ones():
   h, w = 20, 12
   x = jnp.asarray(np.random.default_rng(2).uniform(-1, 1, (2, h, w, 3)), jnp.float32)

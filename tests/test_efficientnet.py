@@ -141,6 +141,7 @@ def _one_line(fn, *args):
   return str(e.value)
 
 
+@pytest.mark.slow
 def test_missing_package_and_wrong_arch_are_one_line(monkeypatch):
   cfg = common.get_config()
   cfg.model.arch, cfg.model.init_checkpoint = 'resnet18', 'efficientnet_lite0'

@@ -53,6 +53,7 @@ def test_last_stride_one_doubles_the_last_map():
     assert state['intermediates']['layer4_1']['__call__'][0].shape[1:3] == hw
 
 
+@pytest.mark.slow
 def test_init_follows_torchvision_and_buc_rules_and_the_key():
   net = model.build_model(model_config(embedding_dim=256))
   v = model.init_variables(net, jax.random.key(3), 64, 32)
