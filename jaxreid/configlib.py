@@ -9,6 +9,9 @@ import types
 
 import ml_collections
 
+# config.cluster.features_on_device (read by parallel.keep_on_device).
+ON_DEVICE_SETTINGS = ('auto', 'True', 'False')
+
 
 class ConfigError(ValueError):
   """A config value a user set is not usable; the message is one line naming the key."""
@@ -145,8 +148,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
          "'float32' or 'bfloat16'")
   _check(c.cluster.matmul_dtype in ('float32', 'bfloat16'), 'cluster.matmul_dtype',
          c.cluster.matmul_dtype, "'float32' or 'bfloat16'")
-  _check(c.cluster.features_on_device in ('auto', 'True', 'False'),
-         'cluster.features_on_device', c.cluster.features_on_device, "'auto', 'True' or 'False'")
+  _check(c.cluster.features_on_device in ON_DEVICE_SETTINGS, 'cluster.features_on_device',
+         c.cluster.features_on_device,
+         f"{', '.join(map(repr, ON_DEVICE_SETTINGS[:-1]))} or {ON_DEVICE_SETTINGS[-1]!r}")
   _check(c.train.real_prob <= 1.0, 'train.real_prob', c.train.real_prob,
          'a probability in [0, 1], or < 0 for uniform over the support set')
   for key in ('train.step0_lr', 'train.later_lr', 'camstyle.g_lr', 'camstyle.d_lr'):

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxreid.configlib import ON_DEVICE_SETTINGS
+
 DATA_AXIS = 'data'
 
 
@@ -88,9 +90,6 @@ def put_global(x: np.ndarray, sharding: NamedSharding) -> jax.Array:
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """Places a pytree on every device of the mesh."""
   return jax.device_put(tree, replicated(mesh))
-
-
-ON_DEVICE_SETTINGS = ('auto', 'True', 'False')
 
 
 def keep_on_device(setting: str | bool) -> bool:
