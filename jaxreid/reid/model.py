@@ -91,15 +91,12 @@ def build_model(model_config: ml_collections.ConfigDict, conv: Any = None) -> Re
     raise ValueError(f'config.model.frozen_stages={frozen!r}: expected 0 to '
                      f'{len(efficientnet.LITE0_STAGES)}')
   if model_config.get('head', 'buc') == 'bn':
-    if model_config.arch in efficientnet.ARCHS:
-      raise ValueError(f'config.model.arch={model_config.arch!r}: the density head runs on the '
-                       f'ResNets; expected one of {tuple(resnet.ARCHS)}')
     from jaxreid.reid import cluster_memory   # the density head's network
     return cluster_memory.DensityNet(
         arch=model_config.arch, last_stride=model_config.last_stride,
         dtype=_DTYPES[model_config.dtype], pooling=model_config.get('pooling', 'avg'),
-        gem_p=float(model_config.get('gem_p', 3.0)),
-        conv=conv or fast_conv.conv_module(model_config.get('conv', 'auto')))
+        gem_p=float(model_config.get('gem_p', 3.0)), drop_connect=drop_connect,
+        frozen_stages=frozen, conv=conv or fast_conv.conv_module(model_config.get('conv', 'auto')))
   return ReidNet(arch=model_config.arch, embedding_dim=model_config.embedding_dim,
                  dropout=model_config.dropout, last_stride=model_config.last_stride,
                  drop_connect=drop_connect, frozen_stages=frozen,

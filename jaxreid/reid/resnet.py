@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxreid.reid import fast_conv
+from jaxreid.reid.pooling import global_pool
 
 ModuleDef = Any
 
@@ -132,9 +133,4 @@ class ResNet(nn.Module):
                       projection=(b == 0 and (strides != 1 or in_planes != out_planes)),
                       name=f'layer{stage + 1}_{b}')(x)
         in_planes = out_planes
-    x = x.astype(jnp.float32)
-    if self.pooling == 'gem':
-      # After the ReLU x >= 0; the clip keeps x^(1/p)'s gradient finite at 0.
-      p = self.gem_p
-      return jnp.mean(jnp.maximum(x, 1e-6) ** p, axis=(1, 2)) ** (1.0 / p)
-    return jnp.mean(x, axis=(1, 2))
+    return global_pool(x, self.pooling, self.gem_p)
