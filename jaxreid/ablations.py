@@ -8,7 +8,11 @@
 
 Every variant is an ordinary run in <workdir>/<variant> (resumable like any run). Variants share
 the data set and, where their StarGAN settings agree, the trained StarGAN and its fakes, which
-are made once. The table is printed and written to <workdir>/table.md.
+are made once. The table is printed and written to <workdir>/table.md; with `full` it also shows the full run's
+step 0 (before any merge). Reference rows for a data set with identities, e.g. real images:
+
+  python -m jaxreid.ablations --config=configs/folder.py --config.data.root=DIR --workdir=runs/t1 \
+      --only=raw_pixels,untrained,full,no_clustering,no_style_transfer,true_identities
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import pathlib
 import shutil
 import sys
 
+import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -33,14 +38,25 @@ ABLATIONS = {
     'no_style_transfer': ('w/o style transfer', {'camstyle.enabled': False}),
     'no_diversity': ('w/o diversity (lambda = 0)', {'cluster.size_penalty': 0.0}),
     'no_constraint': ('w/o clustering constraint', {'cluster.constraint': False}),
+    # Reference rows, not the method: the backbone as initialised (with an ImageNet
+    # init_checkpoint, the ImageNet features), and the same network, schedule and support sets
+    # trained on the true identities (a supervised upper bound).
+    'untrained': ('backbone as initialised, no training',
+                  {'camstyle.enabled': False, 'cluster.enabled': False, 'train.step0_epochs': 0}),
+    'true_identities': ('upper bound: trained on the true identities',
+                        {'train.true_identities': True, 'cluster.enabled': False}),
     # The density head (Cluster Contrast), without and with the fakes in its clustering.
     'density': ('density head (DBSCAN + cluster memory)',
                 {'cluster.method': 'density', 'camstyle.enabled': False}),
     'density_fakes': ('density head + support sets', {'cluster.method': 'density',
                                                       'density.use_fakes': True}),
 }
-# Run by default: the paper's ablations; the density variants are asked for with --only.
+# Rows that are not runs: retrieval on the test split's raw pixels.
+BASELINES = {'raw_pixels': 'raw pixels (mean-subtracted, L2-normalised)'}
+# Run by default: the paper's ablations; the rest are asked for with --only.
 DEFAULT_ABLATIONS = ('full', 'no_clustering', 'no_style_transfer', 'no_diversity', 'no_constraint')
+# Trained for as many epochs as the whole full run, with the decay at the same two thirds.
+_FULL_LENGTH = ('no_clustering', 'true_identities')
 
 def total_epochs(config) -> int:
   """Epochs the full method trains over all its steps."""
@@ -88,12 +104,15 @@ def variants(config, only=None, sweep: str = '') -> dict:
       out[f'{key.split(".")[-1]}={value}'] = (f'{key} = {value}', cfg)
     return out
   for name in only or DEFAULT_ABLATIONS:
+    if name in BASELINES:
+      continue
     if name not in ABLATIONS:
-      raise configlib.ConfigError(f'unknown ablation {name!r}: expected one of {list(ABLATIONS)}')
+      raise configlib.ConfigError(f'unknown ablation {name!r}: expected one of '
+                                  f'{[*ABLATIONS, *BASELINES]}')
     description, overrides = ABLATIONS[name]
     cfg = with_overrides(config, overrides)
-    if name == 'no_clustering':
-      # The paper trains this baseline 60 epochs with the decay after 40; here it gets the full
+    if name in _FULL_LENGTH:
+      # The paper trains w/o clustering 60 epochs with the decay after 40; here it gets the full
       # run's epochs, with the decay at the same two thirds.
       total = total_epochs(config)
       cfg.train.step0_epochs = total
@@ -131,6 +150,10 @@ def run_all(config, workdir: str | pathlib.Path, only=None, sweep: str = '') -> 
   if not config.data.tfds_dir:
     config.data.tfds_dir = str(workdir / 'tfds')   # one data build for all variants
   rows, donor = [], None
+  for name in ([] if sweep else [n for n in only or () if n in BASELINES]):
+    print(f'=== {name}: {BASELINES[name]}', flush=True)
+    rows.append({'variant': name, 'description': BASELINES[name],
+                 **raw_pixel_metrics(config, workdir)})
   for name, (description, cfg) in variants(config, only, sweep).items():
     configlib.validate(cfg)
     run_dir = workdir / name
@@ -142,11 +165,37 @@ def run_all(config, workdir: str | pathlib.Path, only=None, sweep: str = '') -> 
     if cfg.camstyle.enabled and donor is None:
       donor = (run_dir, cfg)
     rows.append({'variant': name, 'description': description, **results})
+    if name == 'full' and len(results['steps']) > 1:
+      rows.append({'variant': 'full_step0', 'description': 'step 0 alone (the full run before '
+                   'its first merge)', **results['steps'][0]})
   table = format_table(rows)
   (workdir / 'table.md').write_text(table + '\n')
   records.write_json_atomic(workdir / 'table.json', rows)
   print(table)
   return rows
+
+
+def raw_pixel_metrics(config, workdir: pathlib.Path) -> dict:
+  """Test metrics of raw pixels at the config's input size, minus the mean training image."""
+  from jaxreid import run_stages
+  from jaxreid.data import augment
+  from jaxreid.evaluation import evaluate_features, raw_pixel_features
+  from jaxreid.loops.common import metrics_of
+  sets = run_stages.load_data(config, run_stages.RunPaths(pathlib.Path(workdir)))
+  size = (config.data.height, config.data.width)
+
+  def pixels(split, rows):
+    return np.stack([augment.resize(split.image(i), *size) for i in rows])
+
+  total = np.zeros((*size, 3), np.float64)
+  for start in range(0, len(sets.train), 1024):   # the mean image, a chunk in memory at a time
+    total += pixels(sets.train, range(start, min(start + 1024, len(sets.train)))).sum(0)
+  mean = total / len(sets.train)
+  q, g = sets.query, sets.gallery
+  result = evaluate_features(raw_pixel_features(pixels(q, range(len(q))), mean),
+                             raw_pixel_features(pixels(g, range(len(g))), mean),
+                             q.pids, g.pids, q.camids, g.camids, max_rank=config.eval.max_rank)
+  return metrics_of(result)
 
 
 def format_table(rows: list[dict]) -> str:
@@ -177,7 +226,7 @@ def _define_flags():
   _CONFIG = config_flags.DEFINE_config_file('config', None, 'Base config file.', lock_config=True)
   _WORKDIR = flags.DEFINE_string('workdir', None, 'Folder holding one work dir per variant.')
   _ONLY = flags.DEFINE_list('only', list(DEFAULT_ABLATIONS),
-                            f'Variants to run, from {list(ABLATIONS)}.')
+                            f'Variants to run, from {[*ABLATIONS, *BASELINES]}.')
   _SWEEP = flags.DEFINE_string('sweep', '', 'key=v1,v2,...: run the full method once per value '
                                'instead of the ablations (e.g. cluster.merge_percent=0.03,0.05).')
 

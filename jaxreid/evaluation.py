@@ -335,6 +335,14 @@ def _aggregate(first: np.ndarray, ap: np.ndarray, inp: np.ndarray, max_rank: int
           'mINP': float(np.mean(inp, dtype=np.float64)), 'num_valid_queries': int(len(first))}
 
 
+def raw_pixel_features(images: np.ndarray, mean: np.ndarray | None = None) -> np.ndarray:
+  """The raw-pixel baseline: uint8 images [n, h, w, 3] flattened, minus `mean` (their own mean
+  image if None), L2-normalised; what retrieval gives before any network."""
+  x = np.asarray(images).reshape(len(images), -1).astype(np.float32)
+  x -= x.mean(0) if mean is None else np.asarray(mean, np.float32).reshape(-1)
+  return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def format_results(metrics: Mapping[str, Any]) -> str:
   """One log line: 'rank-1 73.7% rank-5 87.2% rank-10 91.0% rank-20 94.0% mAP 38.0% mINP 10.1%'."""
   cmc = np.asarray(metrics['cmc'])

@@ -77,9 +77,7 @@ def setup():
                                    lr=train.learning_rate(cfg.train, 0, epoch))
     return state
 
-  raw = data.images.reshape(len(data.images), -1).astype(np.float32)
-  raw -= raw.mean(0)
-  raw /= np.linalg.norm(raw, axis=1, keepdims=True)
+  raw = evaluation.raw_pixel_features(data.images)
   untrained = train.create_train_state(cfg, 1, jax.random.key(SEED), mesh)
   baseline = np.maximum(score(raw), score(features(untrained)))  # (rank-1, mAP): the better
   return dict(data=data, split=split, trained=trained, score=lambda s: score(features(s)),
