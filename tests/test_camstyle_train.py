@@ -115,6 +115,32 @@ def test_generator_moves_every_n_critic_iterations_only(step8):
   assert int(state.step) == 3
 
 
+@pytest.mark.slow
+def test_identity_mapping_term_is_off_by_default_and_adds_its_weighted_l1_when_on():
+  """camstyle.lambda_idt adds lambda * |G(x, own camera) - x| to G's loss; 0 keeps StarGAN's."""
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  for lam in (0.0, 2.5):
+    config = _config(lambda_idt=lam, n_critic=1)
+    total, _, decay = train.iterations(config.camstyle, 16)
+    step = train.make_train_step(config, L, total, decay, mesh)
+    state = parallel.replicate(train.init_state(config, L), mesh)
+    batch = _batch(config)
+    state, _ = step.d_step(state, parallel.shard_batch(batch, mesh))
+    g, _ = stargan.build(config.camstyle, L)
+    x = batch['image'].astype(np.float32) / 127.5 - 1
+    own = np.asarray(jax.jit(g.apply)({'params': state.g_params}, x,
+                                      jax.nn.one_hot(batch['camid'], L)))
+    _, m = step.g_step(state, parallel.shard_batch(batch, mesh))
+    c = config.camstyle
+    paper = float(m['g_fake']) + c.lambda_rec * float(m['g_rec']) + c.lambda_cls * float(m['g_cls'])
+    if lam == 0:
+      assert 'g_idt' not in m
+      np.testing.assert_allclose(float(m['g_loss']), paper, rtol=1e-5)
+    else:
+      np.testing.assert_allclose(float(m['g_idt']), np.mean(np.abs(x - own)), rtol=1e-4)
+      np.testing.assert_allclose(float(m['g_loss']), paper + lam * float(m['g_idt']), rtol=1e-5)
+
+
 def test_learning_rate_is_constant_then_linear_to_zero():
   lrs = [float(train.learning_rate(1e-4, s, total=10, decay=4)) for s in range(10)]
   np.testing.assert_allclose(lrs, [1e-4] * 7 + [0.75e-4, 0.5e-4, 0.25e-4], rtol=1e-6)
@@ -223,7 +249,8 @@ def test_bad_settings_are_refused_in_one_line():
   for key, value, match in (('batch_size', 64, 'at most the 16 training images'),
                             ('load_height', 10, 'at least the crop size'),
                             ('fake_format', 'gif', "expected 'jpeg' or 'png'"),
-                            ('decay_epochs', 9, 'at most config.camstyle.num_epochs')):
+                            ('decay_epochs', 9, 'at most config.camstyle.num_epochs'),
+                            ('lambda_idt', -1.0, 'lambda_idt=-1.0: expected a non-negative weight')):
     bad = _config(**{key: value}).camstyle
     with pytest.raises(ConfigError, match=match) as e:
       train.check_config(bad, L, 16)

@@ -53,6 +53,9 @@ def check_config(c: ml_collections.ConfigDict, num_cameras: int, num_images: int
               'generate_batch_size', 'sample_images'):
     if c[key] < 1:
       raise ConfigError(f'config.camstyle.{key}={c[key]!r}: expected a positive integer')
+  for key in ('lambda_cls', 'lambda_rec', 'lambda_gp', 'lambda_idt'):
+    if not c[key] >= 0:
+      raise ConfigError(f'config.camstyle.{key}={c[key]!r}: expected a non-negative weight')
   for key in ('g_repeat_num', 'num_epochs', 'decay_epochs'):
     if c[key] < 0:
       raise ConfigError(f'config.camstyle.{key}={c[key]!r}: expected a non-negative integer')
@@ -190,8 +193,14 @@ def make_train_step(config: ml_collections.ConfigDict, num_cameras: int, total_i
     loss_rec = jnp.mean(jnp.abs(x - x_rec))
     loss = loss_fake + c.lambda_rec * loss_rec + c.lambda_cls * loss_cls
     acc = jnp.mean(jnp.argmax(cls_fake, -1) == c_trg)
-    return loss, {'g_loss': loss, 'g_fake': loss_fake, 'g_rec': loss_rec, 'g_cls': loss_cls,
-                  'g_cls_acc': acc}
+    metrics = {'g_fake': loss_fake, 'g_rec': loss_rec, 'g_cls': loss_cls, 'g_cls_acc': acc}
+    if c.lambda_idt > 0:   # a Python branch: the paper's loss (0) compiles without the extra G pass
+      # Identity mapping (CycleGAN / CamStyle; not in StarGAN): asked for its own camera, G
+      # returns the image. It penalises fakes that replace the person by a camera prototype.
+      x_idt = g.apply({'params': g_params}, x, jax.nn.one_hot(c_org, num_cameras))
+      metrics['g_idt'] = jnp.mean(jnp.abs(x - x_idt))
+      loss = loss + c.lambda_idt * metrics['g_idt']
+    return loss, {'g_loss': loss, **metrics}
 
   def apply_adam(params, opt, grads, lr):
     updates, opt = tx.update(grads, opt, params)
