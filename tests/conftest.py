@@ -15,6 +15,13 @@ SHARED_DATA = REPO.parent / 'shared' / 'data'
 CUHK03 = SHARED_DATA / 'cuhk03_labeled_market'
 
 
+def pytest_collection_modifyitems(items):
+  """Every test that reads the real sample is marked `realdata` (`-m "not realdata"` leaves them out)."""
+  for item in items:
+    if 'cuhk03_root' in getattr(item, 'fixturenames', ()):
+      item.add_marker(pytest.mark.realdata)
+
+
 @pytest.fixture(scope='session')
 def cuhk03_root():
   """The real CUHK03 sample in Market layout; tests using it skip when it is absent."""
