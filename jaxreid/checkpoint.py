@@ -37,7 +37,11 @@ class Checkpointer:
   def _open(self) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(
         os.fspath(self._directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=self._max_to_keep, create=True),
+        # Named up front so that reading a checkpoint's metadata before any save or restore in
+        # this process (resume) knows its handlers instead of warning that it cannot.
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'meta': ocp.JsonCheckpointHandler()})
 
   def _problem(self, index: int) -> str | None:
     """Why checkpoint `index` cannot be restored (None if it can): reads its meta and arrays."""
