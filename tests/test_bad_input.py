@@ -220,7 +220,7 @@ def test_ctrl_c_stops_with_one_line_saying_how_to_resume(tmp_path):
       time.sleep(0.2)
     assert proc.poll() is None, proc.stderr.read()[-3000:]
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=300)
   finally:
     proc.kill()
   assert proc.returncode == 130, err[-3000:]

@@ -24,6 +24,7 @@ import pytest
 
 from jaxreid import parallel
 from jaxreid.camstyle import generate, store, train
+from jaxreid.camstyle.quality import colour_normalised, colour_statistics
 from jaxreid.configlib import load_sibling
 from jaxreid.data import synthetic
 
@@ -32,13 +33,13 @@ L, HEIGHT, WIDTH = 4, 64, 32
 STEP0_EPOCHS, STEP0_DECAY = 40, 30   # step 0 of the re-ID network in the last test
 # The seed of the data, the StarGAN and the re-ID network (`JAXREID_WORKS_SEED=N pytest -s
 # tests/test_camstyle_works.py` repeats both tests at seed N and prints what they measure). CI runs
-# seed 0. Measured with the `net.init` initialiser, 1 CPU device, seeds 0 / 1 / 2: fakes -> target
-# camera 0.997 / 0.917 / 0.693; fake nearer its source than the average other identity 0.985 /
-# 0.094 / 0.850; step 0 with fakes, mAP 0.115 / 0.086 / 0.060 against the best baseline 0.046 /
-# 0.074 / 0.040. So the bars hold at seed 0 only: at seed 1 the 400-iteration StarGAN changes the
-# camera but loses the person (at 600 iterations too: 0.045), at seed 2 it has not learned the
-# camera change yet. A StarGAN that reliably keeps identity at this size is an open problem
-# (docs/results.md); until then this test checks seed 0's end point, not a property of every seed.
+# seed 0. The bars below sit under every value measured over seeds 0-4 (8 CPU devices as in CI,
+# `net.init`, the identity-mapping term camstyle.lambda_idt = 1 that use_cpu_stargan sets): fakes ->
+# target camera 0.998 / 0.859 / 0.935 / 0.857 / 1.000; fake nearer its source than the average
+# other identity 0.992 / 0.985 / 0.984 / 0.998 / 0.991, than every other identity 0.906 / 0.863 /
+# 0.850 / 0.951 / 0.907. Without the term (lambda_idt = 0, the paper's StarGAN) the person was lost
+# at seed 1 (0.094 nearer its source than the average other identity) and the camera change not
+# yet learned at seed 2 (0.693 to the target camera); docs/results.md has the table.
 SEED = int(os.environ.get('JAXREID_WORKS_SEED', '0'))
 
 
@@ -56,16 +57,6 @@ class _Split:
     return self._images[i]
 
 
-def colour_statistics(images):
-  """Per-channel mean, spread, 10/50/90 % quantiles and a 4 x 2 grid of region means."""
-  x = images.astype(np.float32) / 255
-  n, h, w, _ = x.shape
-  flat = x.reshape(n, -1, 3)
-  regions = x.reshape(n, 4, h // 4, 2, w // 2, 3).mean((2, 4)).reshape(n, -1)
-  return np.concatenate([flat.mean(1), flat.std(1), *np.percentile(flat, (10, 50, 90), axis=1),
-                         regions], axis=1)
-
-
 def fit_camera_classifier(features, cameras, steps=500, lr=0.5, weight_decay=1e-3):
   """Multinomial logistic regression by gradient descent; returns features -> camera."""
   mu, sd = features.mean(0), features.std(0) + 1e-6
@@ -79,12 +70,6 @@ def fit_camera_classifier(features, cameras, steps=500, lr=0.5, weight_decay=1e-
     w -= lr * (z.T @ (p - onehot) / len(z) + weight_decay * w)
     b -= lr * (p - onehot).mean(0)
   return lambda f: np.argmax(((f - mu) / sd) @ w + b, axis=1)
-
-
-def colour_normalised(images):
-  x = images.astype(np.float32)
-  x = (x - x.mean((1, 2), keepdims=True)) / (x.std((1, 2), keepdims=True) + 1.0)
-  return x.reshape(len(x), -1)
 
 
 @pytest.fixture(scope='module')
@@ -149,11 +134,13 @@ def test_fakes_take_the_target_camera_style_and_keep_the_identity(camstyle_run):
         f'{to_source:.3f}); fake nearer its source than every other identity in the target camera '
         f'{np.mean(nearest):.3f}, than the average one {np.mean(beaten):.3f}')
   assert real_acc >= 0.95  # the classifier knows the cameras
-  assert to_target >= 0.90
-  # Loose identity bars, far above what camera-only fakes give: a per-camera average beats
-  # almost no other identity (measured: 0.02 - 0.15 of them, nearest ~0), a random image half of
-  # them, and the nearest of ~80 others by chance 1 in 80.
-  assert np.mean(beaten) >= 0.8 and np.mean(nearest) >= 0.25
+  # Copies of the source would score ~0 here (they are classified as the source camera), chance
+  # is 1 in 4; measured 0.857 or more over five seeds.
+  assert to_target >= 0.75
+  # Far above what camera-only fakes give: a per-camera average beats almost no other identity
+  # (measured: 0.02 - 0.15 of them, nearest ~0), a random image half of them, and the nearest of
+  # ~80 others by chance 1 in 80. Measured over five seeds: >= 0.984 and >= 0.850.
+  assert np.mean(beaten) >= 0.95 and np.mean(nearest) >= 0.6
 
 
 @pytest.mark.slow
@@ -195,18 +182,17 @@ def test_step0_on_support_sets_lifts_retrieval_well_above_baselines(camstyle_run
                                         num_steps=sampling.steps_per_epoch(n, cfg))
     return net_score(state)
 
-  raw = data.images.reshape(len(data.images), -1).astype(np.float32)
-  raw -= raw[is_train].mean(0)
-  raw /= np.linalg.norm(raw, axis=1, keepdims=True)
-  raw_score = score(raw)
+  raw_score = score(evaluation.raw_pixel_features(
+      data.images, data.images[is_train].astype(np.float32).mean(0)))
   untrained = net_score(reid_train.create_train_state(cfg, 1, jax.random.key(SEED), mesh))
   reals_only = step0(None)
   with_fakes = step0(r['store'])
   print(f'\nstep 0, {STEP0_EPOCHS} epochs (rank-1, mAP): raw pixels {raw_score}, untrained '
         f'{untrained}, reals only {reals_only}, support sets with fakes {with_fakes}')
-  # Seed 0 (40 epochs, `net.init`): raw pixels 0.036 / 0.046, untrained 0.009 / 0.031, reals only
-  # 0.027 / 0.069, with fakes 0.099 / 0.115: 2.75x and 2.5x the best baseline (other seeds: above).
+  # Seeds 0-4 (40 epochs, 8 devices), rank-1 / mAP with fakes against the better of raw pixels and
+  # the untrained network: 3.3x / 3.2x, 1.9x / 1.9x, 11x / 3.3x, 3.4x / 2.6x, 9x / 3.1x (rank-1
+  # 0.077-0.150); against step 0 on the real images alone at least 2.8x / 1.6x.
   best = np.maximum(raw_score, untrained)
   assert with_fakes[0] >= 1.5 * best[0] and with_fakes[0] >= 0.05, (with_fakes, best)
-  assert with_fakes[1] >= 2 * best[1], (with_fakes, best)
+  assert with_fakes[1] >= 1.5 * best[1], (with_fakes, best)
   assert with_fakes[1] > reals_only[1] and with_fakes[0] > reals_only[0], (with_fakes, reals_only)

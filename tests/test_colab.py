@@ -1,5 +1,5 @@
 """The Colab demo: committed executed at its default size, and it runs end to end at its tiny size showing every figure,
-the optional density head's cell included."""
+the optional density head's cell and the real-images cell (ImageNet backbone) included."""
 
 import base64
 import io
@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from jaxreid import viz
+from jaxreid.data import synthetic
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / 'colab' / 'jaxreid_demo.ipynb'
@@ -49,8 +50,12 @@ def test_notebook_runs_at_tiny_size_and_shows_every_figure(tmp_path):
   from nbclient import NotebookClient
   nb = nbformat.read(NOTEBOOK, as_version=4)
   workdir = tmp_path / 'run'
+  # The real-images cell, on a Market-layout folder of synthetic JPEGs (128 x 64, 3 cameras).
+  folder = synthetic.write_market_folder(tmp_path / 'market', num_cameras=3, num_train_ids=8,
+                                         num_test_ids=4, images_per_id=4, height=128, width=64,
+                                         seed=0)
   env = dict(os.environ, JAXREID_DEMO_SIZE='tiny', JAXREID_DEMO_WORKDIR=str(workdir),
-             JAXREID_DEMO_DENSITY='1', JAX_PLATFORMS='cpu')
+             JAXREID_DEMO_DENSITY='1', JAXREID_DEMO_DATA=str(folder), JAX_PLATFORMS='cpu')
   # Colab has one host device; the 8 virtual devices of the test session would only add compiles.
   env['XLA_FLAGS'] = ' '.join(f for f in env.get('XLA_FLAGS', '').split()
                               if not f.startswith('--xla_force_host_platform_device_count'))
@@ -69,7 +74,11 @@ def test_notebook_runs_at_tiny_size_and_shows_every_figure(tmp_path):
     with Image.open(io.BytesIO(base64.b64decode(png))) as im:
       assert im.format == 'PNG' and im.width >= 300 and im.height >= 100
   tables = [o.data['text/markdown'] for o in outputs if 'text/markdown' in o.get('data', {})]
-  assert len(tables) == 2 and all('| kept model' in t for t in tables)  # bottom-up, density
+  # The synthetic run, the density head, the folder run from the ImageNet weights.
+  assert len(tables) == 3 and all('| kept model' in t for t in tables)
+  assert "backbone efficientnet_lite0, initialised from 'efficientnet_lite0'" in text
+  folder_results = json.loads((tmp_path / 'run_folder' / 'results.json').read_text())
+  assert [s['clusters'] for s in folder_results['steps']] == [32, 29]   # mp 0.1 of 32 images
   density = json.loads((tmp_path / 'run_density' / 'results.json').read_text())
   assert density['method'] == 'density' and len(density['epochs']) == 3
   for name in viz.FIGURES:

