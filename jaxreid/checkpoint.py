@@ -18,7 +18,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from jaxreid import parallel
+from jaxreid import interrupts, parallel
 
 
 class CheckpointError(RuntimeError):
@@ -94,6 +94,8 @@ class Checkpointer:
         state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     # Block so that "checkpoint written" means on disk when the next epoch starts.
     self._mngr.wait_until_finished()
+    # Nothing is lost by stopping here, so a Ctrl-C that was swallowed on its way stops the run.
+    interrupts.raise_if_pending()
 
   def restore_meta(self, index: int | None = None) -> dict | None:
     index = self.latest_index() if index is None else index

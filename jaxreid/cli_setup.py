@@ -27,6 +27,9 @@ def _enable_compilation_cache() -> None:
 
 
 def setup_runtime() -> None:
-  """What every command-line run wants: quiet library logs and the compilation cache."""
+  """What every command-line run wants: Ctrl-C that stops it, quiet library logs and the
+  compilation cache."""
+  from jaxreid import interrupts
+  interrupts.install()
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   _enable_compilation_cache()

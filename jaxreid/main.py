@@ -9,7 +9,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from jaxreid import configlib
+from jaxreid import configlib, interrupts
 from jaxreid.cli_setup import setup_runtime
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -105,6 +105,11 @@ def run():
     _fail(e)
   except KeyboardInterrupt:
     _interrupted()
+  except Exception:  # pylint: disable=broad-except
+    # A Ctrl-C inside a C extension's import comes back as ImportError, for example.
+    if interrupts.pending():
+      _interrupted()
+    raise
 
 
 def _parse_flags(argv):

@@ -18,7 +18,7 @@ import ml_collections
 from absl import logging
 from flax import traverse_util
 
-from jaxreid import evaluation, parallel, records
+from jaxreid import evaluation, interrupts, parallel, records
 
 
 class RunError(RuntimeError):
@@ -256,6 +256,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
   pretrained.check_init_checkpoint(config.model, config.data.height, config.data.width)
   mesh = parallel.make_mesh()
   sets = load_data(config, paths)
+  interrupts.raise_if_pending()
   store = None
   # The density head uses fakes only with density.use_fakes: without, no StarGAN is trained.
   if config.camstyle.enabled and (config.cluster.method != 'density' or config.density.use_fakes):
@@ -269,6 +270,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
       t0 = time.time()
       summary = camstyle_train.train(config, sets.train, paths.camstyle, mesh)
       tracker.mark('camstyle_train', {**(summary or {}), 'seconds': time.time() - t0})
+      interrupts.raise_if_pending()
     if not tracker.done('camstyle_generate'):
       t0 = time.time()
       if config.camstyle.oracle:
@@ -276,6 +278,7 @@ def run(config, workdir: str, allow_config_change: bool = False) -> dict:
       else:
         summary = camstyle_generate.generate(config, sets.train, paths.camstyle, paths.fakes, mesh)
       tracker.mark('camstyle_generate', {**(summary or {}), 'seconds': time.time() - t0})
+      interrupts.raise_if_pending()
     store = FakeStore.open(paths.fakes)
 
   if not tracker.done('reid'):
