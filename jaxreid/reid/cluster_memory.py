@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from jaxreid import parallel
 from jaxreid.data import augment
 from jaxreid.reid import efficientnet, model as model_lib, resnet
+from jaxreid.reid import train as reid_train
 from jaxreid.reid.train import TrainState
 
 
@@ -68,16 +69,6 @@ def model_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict
   return out
 
 
-def _zero_frozen(frozen: tuple[str, ...]) -> optax.GradientTransformation:
-  """Sets the updates of the backbone modules named in `frozen` to zero."""
-  def zero(updates, params):
-    del params
-    backbone = {name: jax.tree.map(jnp.zeros_like, sub) if name in frozen else sub
-                for name, sub in updates['backbone'].items()}
-    return {**updates, 'backbone': backbone}
-  return optax.stateless(zero)
-
-
 def _adam(learning_rate, weight_decay, frozen=()):
   """torch.optim.Adam with weight_decay: L2 added to the gradient before the moments.
 
@@ -87,7 +78,7 @@ def _adam(learning_rate, weight_decay, frozen=()):
            optax.scale_by_learning_rate(learning_rate)]
   # Only when something is frozen: the state of unfrozen runs (and their checkpoints) is unchanged.
   if frozen:
-    parts.append(_zero_frozen(frozen))
+    parts.append(reid_train.scale_backbone(1.0, frozen))
   return optax.chain(*parts)
 
 
@@ -111,7 +102,6 @@ def learning_rate(density_config: ml_collections.ConfigDict, epoch: int) -> floa
 def create_train_state(config: ml_collections.ConfigDict, rng: jax.Array, mesh: Mesh
                        ) -> TrainState:
   """A fresh state on the mesh: initialised network (ImageNet trunk if named), a 1-row memory."""
-  from jaxreid.reid import train as reid_train
   cfg = model_config(config)
   variables = reid_train.init_variables(cfg, jax.random.fold_in(rng, 0))
   tx = make_optimizer(config.density, frozen=model_lib.frozen_modules(cfg.model))

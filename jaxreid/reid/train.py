@@ -44,23 +44,29 @@ class TrainState:
     return {'params': self.params, 'batch_stats': self.batch_stats}
 
 
-def _sgd(learning_rate, momentum, weight_decay, backbone_lr_mult, nesterov, frozen=()):
-  """torch.optim.SGD: decay added to the gradient before (Nesterov) momentum, lr applied last.
-
-  Backbone modules named in `frozen` get no update at all (no weight decay either).
-  """
-  def scale_backbone(updates, params):
+def scale_backbone(backbone_lr_mult: float = 1.0, frozen: tuple[str, ...] = ()
+                   ) -> optax.GradientTransformation:
+  """Scales the updates of the backbone's modules by `backbone_lr_mult` and sets those of the
+  modules named in `frozen` to zero (no update at all, weight decay included)."""
+  def scale(updates, params):
     del params
     def backbone(tree):
       return {name: jax.tree.map(jnp.zeros_like if name in frozen else
                                  (lambda u: u * backbone_lr_mult), sub)
               for name, sub in tree.items()}
     return {k: (backbone(v) if k == 'backbone' else v) for k, v in updates.items()}
+  return optax.stateless(scale)
 
+
+def _sgd(learning_rate, momentum, weight_decay, backbone_lr_mult, nesterov, frozen=()):
+  """torch.optim.SGD: decay added to the gradient before (Nesterov) momentum, lr applied last.
+
+  Backbone modules named in `frozen` get no update at all (no weight decay either).
+  """
   return optax.chain(
       optax.add_decayed_weights(weight_decay),
       optax.trace(decay=momentum, nesterov=nesterov),
-      optax.stateless(scale_backbone),
+      scale_backbone(backbone_lr_mult, frozen),
       optax.scale_by_learning_rate(learning_rate))
 
 
