@@ -27,9 +27,10 @@ def _enable_compilation_cache() -> None:
 
 
 def setup_runtime() -> None:
-  """What every command-line run wants: Ctrl-C that stops it, quiet library logs and the
-  compilation cache."""
-  from jaxreid import interrupts
+  """What every command-line run wants: Ctrl-C that stops it, quiet library logs, the
+  compilation cache and host memory kept for reuse (before jax starts its CPU backend)."""
+  from jaxreid import host_memory, interrupts
+  host_memory.keep_freed_memory()
   interrupts.install()
   logging.get_absl_handler().addFilter(_OwnInfoOnly())
   _enable_compilation_cache()

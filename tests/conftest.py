@@ -7,6 +7,10 @@ os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+from jaxreid import host_memory  # noqa: E402
+
+host_memory.keep_freed_memory()   # as the command-line runs do, before jax starts its threads
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 

@@ -15,9 +15,9 @@ import tiny_config
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _run(workdir, kill_after=None):
+def _run(workdir, kill_after=None, **env_vars):
   """The tiny run in `workdir`; with `kill_after`, SIGKILLed right after that durable write."""
-  env = dict(os.environ)
+  env = dict(os.environ, **env_vars)
   env.pop('XLA_FLAGS', None)  # the job itself runs on the default single CPU device
   env['PYTHONPATH'] = os.pathsep.join([str(REPO)] + [p for p in [env.get('PYTHONPATH')] if p])
   entry = (['-m', 'jaxreid.main'] if kill_after is None else
@@ -71,6 +71,15 @@ def test_killed_run_resumes_bit_identically(tmp_path, uninterrupted, kill_after)
   _kill(tmp_path, kill_after)
   resumed = _run(tmp_path)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
+  _assert_same_final(tmp_path, uninterrupted)
+
+
+@pytest.mark.slow
+def test_the_host_allocator_setting_does_not_change_results(tmp_path, uninterrupted):
+  # The runs keep freed host memory for reuse (jaxreid.host_memory); glibc's default must give the
+  # same bits.
+  default = _run(tmp_path, JAXREID_KEEP_FREED_MEMORY='0')
+  assert default.returncode == 0, default.stderr[-3000:]
   _assert_same_final(tmp_path, uninterrupted)
 
 
