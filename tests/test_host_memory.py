@@ -20,15 +20,18 @@ _PROBE = textwrap.dedent('''
   a = jnp.ones((n, h + 2, w + 2, c)); b = jnp.ones((n, h, w, c))
   f = jax.jit(lambda a, b: jnp.stack([jnp.sum(a[:, i:i + h, j:j + w] * b, (0, 1, 2))
                                       for i in range(3) for j in range(3)]))
-  jax.block_until_ready(f(a, b))
-  start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-  for _ in range(5):
+  for _ in range(20):   # the kept heap settles first (fragmentation between the taps)
     jax.block_until_ready(f(a, b))
-  print(kept, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start) // 5)
+  faults = []
+  for _ in range(20):
+    start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    jax.block_until_ready(f(a, b))
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
+  print(kept, sorted(faults)[len(faults) // 2])
 ''')
 
 
-def _faults_per_call(keep: bool) -> tuple[str, int]:
+def _median_faults_per_call(keep: bool) -> tuple[str, int]:
   env = dict(os.environ, JAXREID_KEEP_FREED_MEMORY='1' if keep else '0', JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True, text=True,
                        check=True, timeout=300).stdout.split()
@@ -37,10 +40,11 @@ def _faults_per_call(keep: bool) -> tuple[str, int]:
 
 @pytest.mark.skipif(platform.libc_ver()[0] != 'glibc', reason='glibc only')
 def test_kept_memory_stops_the_page_faults_of_every_step():
-  kept, faults_kept = _faults_per_call(True)
-  default, faults_default = _faults_per_call(False)
+  kept, faults_kept = _median_faults_per_call(True)
+  default, faults_default = _median_faults_per_call(False)
   assert (kept, default) == ('True', 'False')
-  # glibc's default maps the ~170 MB of slices afresh each call: ~41,000 faults of 4 KiB pages.
+  # Median call after 20 warm-up calls: glibc's default maps the ~170 MB of slices afresh each time
+  # (~41,000 faults of 4 KiB pages); the kept heap has settled and reuses them (0 here).
   assert faults_default > 20_000
   assert faults_kept < faults_default / 5
 
