@@ -51,9 +51,9 @@ def keep_freed_memory() -> bool:
   """
   if os.environ.get(ENV_OPT_OUT, '1') == '0' or not sys.platform.startswith('linux'):
     return False
-  if not _expects_cpu_backend():   # an accelerator's buffers are not glibc's
-    return False
   if platform.libc_ver()[0] != 'glibc':
+    return False
+  if not _expects_cpu_backend():   # an accelerator's buffers are not glibc's
     return False
   try:
     mallopt = ctypes.CDLL(None).mallopt

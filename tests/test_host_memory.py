@@ -12,7 +12,7 @@ from jaxreid import host_memory
 
 # Nine 19 MB slices live at once (a depthwise kernel gradient's taps): above glibc's mmap threshold.
 _PROBE = textwrap.dedent('''
-  import resource, sys
+  import resource
   from jaxreid import host_memory
   kept = host_memory.keep_freed_memory()
   import jax, jax.numpy as jnp

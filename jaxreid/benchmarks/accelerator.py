@@ -82,16 +82,13 @@ def main(argv=None) -> None:
   args = parser.parse_args(argv)
   print(f'device: {jax.devices()[0].device_kind} ({jax.default_backend()}), jax {jax.__version__}',
         flush=True)
-  rows = []
   for arch in args.archs.split(','):
     for batch in map(int, args.batches.split(',')):
       pair = [reid_row(arch, batch, dtype, args.steps) for dtype in ('float32', 'bfloat16')]
       pair[1]['ratio'] = pair[0]['seconds'] / pair[1]['seconds']
-      rows += pair
       for r in pair:
         _print(r, args.peak_tflops)
   for r in ([] if args.no_stargan else stargan_rows(args.steps)):
-    rows.append(r)
     _print(r, args.peak_tflops)
 
 

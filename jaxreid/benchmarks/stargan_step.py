@@ -26,8 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreid import configlib, host_memory, parallel
-from jaxreid.benchmarks import optional_torch, use_one_xla_thread
+from jaxreid import configlib, parallel
+from jaxreid.benchmarks import optional_torch, use_one_xla_thread, use_the_runs_allocator
 from jaxreid.camstyle import stargan, train
 
 NUM_CAMERAS = 6
@@ -261,9 +261,7 @@ def main(argv=None) -> None:
   p.add_argument('--single-thread', action='store_true',
                  help='one thread for XLA and torch: steadier numbers on a loaded machine')
   args = p.parse_args(argv)
-  # As the command-line runs do (JAXREID_KEEP_FREED_MEMORY=0 measures glibc's default instead);
-  # torch, in the same process, gets the same allocator settings.
-  print(f'host memory kept for reuse: {host_memory.keep_freed_memory()}')
+  use_the_runs_allocator()
   if args.single_thread:
     use_one_xla_thread()
   names = ['synthetic'] if args.quick else ['synthetic', 'paper']

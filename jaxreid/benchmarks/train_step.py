@@ -25,8 +25,8 @@ import time
 import jax
 import numpy as np
 
-from jaxreid import configlib, host_memory, parallel
-from jaxreid.benchmarks import optional_torch, use_one_xla_thread
+from jaxreid import configlib, parallel
+from jaxreid.benchmarks import optional_torch, use_one_xla_thread, use_the_runs_allocator
 from jaxreid.reid import fast_conv, resnet, train
 
 CONFIGS = [('resnet18', 128, 64), ('resnet18', 256, 128), ('resnet50', 128, 64),
@@ -222,9 +222,7 @@ def main(argv=None) -> None:
   p.add_argument('--single-thread', action='store_true',
                  help='one thread for XLA and torch: steadier numbers on a loaded machine')
   args = p.parse_args(argv)
-  # As the command-line runs do (JAXREID_KEEP_FREED_MEMORY=0 measures glibc's default instead);
-  # torch, in the same process, gets the same allocator settings.
-  print(f'host memory kept for reuse: {host_memory.keep_freed_memory()}')
+  use_the_runs_allocator()
   if args.single_thread:
     use_one_xla_thread()
   if args.layers:
